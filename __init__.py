@@ -1,0 +1,24 @@
+"""ComfyUI-PSG: real-image editing with perceptual-similarity guidance (arXiv 2312.06680).
+
+ComfyUI imports this file from ``custom_nodes/``. Importing it without ComfyUI (linters,
+core tests, ``python -m psg_cli``) must not crash, so the host-only imports are guarded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+WEB_DIRECTORY = "./web"
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
+try:
+    from comfy_api.latest import ComfyExtension  # noqa: F401  (host present?)
+except ImportError:  # not inside ComfyUI
+    comfy_entrypoint = None
+else:
+    from .nodes import comfy_entrypoint  # noqa: F401
+
+__all__ = ["comfy_entrypoint", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
