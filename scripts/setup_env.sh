@@ -24,7 +24,10 @@ fi
 echo "[setup] installing into $VENV (first run or inputs changed)" >&2
 pins="$VENV/psg-constraints.txt"
 printf '%s\n' "${TORCH_PINS[@]}" > "$pins"
-pip_install() { "$PY" -m pip install -q --disable-pip-version-check -c "$pins" "$@"; }
+# pip's notes about this machine's unreachable local indexes are noise: drop them, keep real errors.
+pip_install() {
+  "$PY" -m pip install -q --disable-pip-version-check -c "$pins" "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
 
 pip_install "${TORCH_PINS[@]}"
 # Runtime + dev dependencies, read from pyproject.toml (the pack itself is not pip-installed:
