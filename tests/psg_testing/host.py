@@ -74,19 +74,22 @@ def prepare_comfy_import(root: Path | None = None) -> Path:
         sys.path.insert(0, root_str)
 
     loaded_nodes = sys.modules.get("nodes")
-    if loaded_nodes is not None and Path(getattr(loaded_nodes, "__file__", "") or "").resolve() != root / "nodes.py":
+    if (
+        loaded_nodes is not None
+        and Path(getattr(loaded_nodes, "__file__", "") or "").resolve() != root / "nodes.py"
+    ):
         raise RuntimeError(
             f"a module named 'nodes' was imported from {loaded_nodes.__file__!r} before the ComfyUI host: "
             "tests must not import this pack's nodes package as top-level 'nodes' "
             "(reach pack code through the host, see psg_testing.host_executor)"
         )
 
-    import comfy.cli_args  # noqa: PLC0415  (host-only import, after sys.path is set)
+    import comfy.cli_args  # host-only import, after sys.path is set
 
     if "comfy.model_management" not in sys.modules:
         comfy.cli_args.args.cpu = True
     else:
-        import comfy.model_management  # noqa: PLC0415
+        import comfy.model_management
 
         if comfy.model_management.cpu_state != comfy.model_management.CPUState.CPU:
             raise RuntimeError("comfy.model_management was imported before CPU mode was set")

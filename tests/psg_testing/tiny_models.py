@@ -74,7 +74,7 @@ def build_tiny(family: str, seed: int = 0, *, cached: bool = True) -> TinyModels
     return _build(family, seed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build_cached(family: str, seed: int) -> TinyModels:
     return _build(family, seed)
 
