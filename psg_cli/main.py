@@ -1,0 +1,170 @@
+"""Command line: ``edit`` one photo, ``edit-batch`` a dataset, ``workflows`` to list them."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import sys
+from pathlib import Path
+
+from . import roles, workflow
+from .batch import BatchRun, preflight
+from .dataset import load_dataset, safe_stem
+from .edit import DEFAULT_WORKFLOW, Backend, EditRequest, run_edit
+from .errors import CliError
+
+DEFAULT_SERVER = "http://127.0.0.1:8188"
+logger = logging.getLogger("psg_cli")
+
+
+def _box(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected x0,y0,x1,y1 as fractions, e.g. 0.2,0.25,0.8,0.55") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError("expected four numbers x0,y0,x1,y1")
+    return values
+
+
+def _add_common(p: argparse.ArgumentParser, many_servers: bool) -> None:
+    where = p.add_argument_group("where ComfyUI runs (default: --server " + DEFAULT_SERVER + ")")
+    where.add_argument("--server", action="append" if many_servers else "store", metavar="URL",
+                       help="ComfyUI server URL" + (" (repeat to share the work, e.g. one per GPU)"
+                                                     if many_servers else ""))
+    where.add_argument("--comfy-root", type=Path, metavar="DIR",
+                       help="run ComfyUI's executor in this process from this ComfyUI folder (no server)")
+    where.add_argument("--base-directory", type=Path, metavar="DIR",
+                       help="with --comfy-root: ComfyUI's --base-directory (models, custom_nodes, input, output)")
+    where.add_argument("--cpu", action="store_true", help="with --comfy-root: force CPU")
+    p.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME",
+                   help=f"API workflow: a name from workflows/api/ or a file (default {DEFAULT_WORKFLOW}); "
+                        f"`python -m psg_cli workflows` lists them")
+    p.add_argument("--ckpt", metavar="NAME",
+                   help=f"checkpoint file name as ComfyUI lists it (workflow default: {roles.DEFAULT_CHECKPOINT})")
+    p.add_argument("--seed", type=int, metavar="N", help="seed for every seed input of the workflow")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="override any node input; NODE is a node id or title (repeatable)")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up on one edit after S seconds")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details (and ComfyUI's log in-process)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m psg_cli",
+        description="Edit real photos with ComfyUI-PSG through a ComfyUI server or in-process.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("edit", help="edit one photo",
+                       description="Upload IMAGE, run the edit workflow, write OUT/NAME.png and OUT/NAME.json.")
+    p.add_argument("image", type=Path, metavar="IMAGE")
+    p.add_argument("--source", required=True, help="caption of the photo as it is")
+    p.add_argument("--target", required=True, help="caption of the photo as you want it")
+    mask = p.add_mutually_exclusive_group()
+    mask.add_argument("--mask", type=Path, metavar="M", help="grey mask image, white = region allowed to change")
+    mask.add_argument("--mask-box", type=_box, metavar="X0,Y0,X1,Y1",
+                      help="rectangular mask as fractions of width/height (inside = allowed to change)")
+    p.add_argument("--out", type=Path, default=Path("edits"), metavar="DIR", help="output folder (default edits/)")
+    p.add_argument("--name", metavar="STEM", help="output file stem (default: IMAGE's stem + _edit)")
+    _add_common(p, many_servers=False)
+
+    b = sub.add_parser("edit-batch", help="edit every record of a dataset, across one or more servers",
+                       description="Records need image, source, target, optional mask / mask_box "
+                                   "(PIE-Bench mapping files work too). Rerun to resume.")
+    b.add_argument("dataset", type=Path, metavar="DATASET.json")
+    b.add_argument("--out", type=Path, default=Path("edits"), metavar="DIR", help="output folder (default edits/)")
+    b.add_argument("--results", type=Path, metavar="FILE", help="results JSON (default OUT/results.json)")
+    b.add_argument("--image-root", type=Path, metavar="DIR", help="resolve relative image paths here")
+    b.add_argument("--retries", type=int, default=1, metavar="N", help="extra attempts per failed item (default 1)")
+    _add_common(b, many_servers=True)
+
+    sub.add_parser("workflows", help="list the shipped API workflows")
+    return parser
+
+
+def _backends(args: argparse.Namespace) -> list[Backend]:
+    servers = args.server if isinstance(args.server, list) else ([args.server] if args.server else [])
+    if args.comfy_root and servers:
+        raise CliError("use either --server or --comfy-root, not both")
+    if args.comfy_root:
+        from .inprocess_backend import InProcessBackend
+
+        return [InProcessBackend(args.comfy_root, args.base_directory, args.cpu)]
+    if args.base_directory or args.cpu:
+        raise CliError("--base-directory and --cpu only apply with --comfy-root")
+    from .server_backend import ServerBackend
+
+    urls = servers or [DEFAULT_SERVER]
+    if len(set(urls)) != len(urls):
+        raise CliError("the same --server is given twice")
+    return [ServerBackend(u, timeout=args.timeout) for u in urls]
+
+
+def _request(args: argparse.Namespace, **extra: object) -> EditRequest:
+    return EditRequest(ckpt=args.ckpt, seed=args.seed, sets=args.sets, workflow=args.workflow, **extra)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    if not args.image.is_file():
+        raise CliError(f"image not found: {args.image}")
+    if args.mask is not None and not args.mask.is_file():
+        raise CliError(f"mask not found: {args.mask}")
+    req = _request(args, image=args.image, source=args.source, target=args.target, mask=args.mask,
+                   mask_box=args.mask_box)
+    workflow.load_workflow(args.workflow)  # a bad name fails before ComfyUI is contacted
+    backend = _backends(args)[0]
+    stem = safe_stem(args.name or f"{args.image.stem}_edit")
+    record = run_edit(backend, req, args.out, stem, progress=not args.quiet)
+    print(args.out / record["output"])
+    logger.info("settings: %s", args.out / f"{stem}.json")
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    template = workflow.load_workflow(args.workflow)
+    out = args.out
+    results = args.results or out / "results.json"
+    items = load_dataset(args.dataset, out / "_inputs", args.image_root)
+    backends = _backends(args)
+    req = _request(args, image=Path(), source="", target="")
+    for backend in backends:
+        preflight(backend, template, req)
+    settings = {"workflow": args.workflow, "ckpt": args.ckpt, "seed": args.seed, "sets": args.sets,
+                "retries": args.retries, "servers": [b.label for b in backends]}
+    run = BatchRun(items, out, results, args.dataset, template, args.retries, settings,
+                   stream=sys.stderr if not args.quiet else io.StringIO())
+    run.load_previous()
+    summary = run.run(backends, req)["summary"]
+    print(results)
+    sys.stderr.write(f"{summary['ok']} ok, {summary['failed']} failed of {summary['total']} "
+                     f"({run.skipped} already done) -> {results}\n")
+    return 0 if summary["failed"] == 0 else 1
+
+
+def cmd_workflows(_: argparse.Namespace) -> int:
+    for name in workflow.available_workflows():
+        prompt = workflow.load_workflow(name)
+        filled = [r.title for r in roles.FILLED_ROLES if workflow.find_role(prompt, r)]
+        print(f"{name}: {len(prompt)} nodes; fills {', '.join(filled)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "edit":
+            return cmd_edit(args)
+        if args.command == "edit-batch":
+            return cmd_batch(args)
+        return cmd_workflows(args)
+    except CliError as err:
+        sys.stderr.write(f"psg: error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("psg: interrupted\n")
+        return 130

@@ -1,0 +1,33 @@
+"""Node roles: how the CLI finds "the photo", "the source prompt"... in an API workflow.
+
+The shipped workflows title their nodes with these names (``_meta.title`` in API format, the
+node title in the UI), so a user's own exported workflow works with the CLI as soon as its
+nodes carry the same titles. A role falls back to a node class when the title is absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Role:
+    title: str
+    input: str
+    fallback_classes: tuple[str, ...] = ()
+    required: bool = True
+
+
+PHOTO = Role("Photo", "image", ("LoadImage",))
+SOURCE = Role("Source prompt", "text")
+TARGET = Role("Target prompt", "text")
+CHECKPOINT = Role("Checkpoint", "ckpt_name", ("CheckpointLoaderSimple",), required=False)
+MASK = Role("Mask", "image", ("LoadImageMask",), required=False)
+EDITED = Role("Edited image", "filename_prefix", ("SaveImage",), required=False)
+
+FILLED_ROLES = (PHOTO, SOURCE, TARGET, CHECKPOINT, MASK)
+SEED_INPUTS = ("seed", "noise_seed")
+MASK_LOADER = "LoadImageMask"
+MASK_CHANNEL = "red"  # masks are stored as grey images: white (1) = region allowed to change
+DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+PACK_NODE_PREFIX = "PSG"
