@@ -17,6 +17,13 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "COMFYUI_ROOT"
 DEFAULT_ROOT = Path("~/ComfyUI")
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_NODES_DIR = Path(__file__).resolve().parent / "comfy_test_nodes"
+PACK_LINK_NAME = "ComfyUI-PSG"
+"""Name under custom_nodes/ that the pack gets, as a git clone or the registry would give it."""
+TEST_NODES_LINK_NAME = "psg_test_nodes"
+PYCACHE_PREFIX = str(REPO_ROOT / ".cache" / "pycache")
+
 
 def candidate_roots() -> list[Path]:
     """Where we look, in order: $COMFYUI_ROOT (when set), then ~/ComfyUI."""
@@ -67,11 +74,7 @@ def prepare_comfy_import(root: Path | None = None) -> Path:
     root = root or find_comfyui_root()
     if root is None:
         raise RuntimeError(no_host_message())
-    root_str = str(root)
-    if sys.path[:1] != [root_str]:
-        if root_str in sys.path:
-            sys.path.remove(root_str)
-        sys.path.insert(0, root_str)
+    _put_host_first_on_sys_path(str(root))
 
     loaded_nodes = sys.modules.get("nodes")
     if (
@@ -81,10 +84,17 @@ def prepare_comfy_import(root: Path | None = None) -> Path:
         raise RuntimeError(
             f"a module named 'nodes' was imported from {loaded_nodes.__file__!r} before the ComfyUI host: "
             "tests must not import this pack's nodes package as top-level 'nodes' "
-            "(reach pack code through the host, see psg_testing.host_executor)"
+            "(reach pack code through the host, see psg_testing.host_inprocess)"
         )
 
+    if sys.pycache_prefix is None and not sys.dont_write_bytecode:
+        # Keep the host tree untouched: bytecode of its modules goes under this repo.
+        sys.pycache_prefix = PYCACHE_PREFIX
     import comfy.cli_args  # host-only import, after sys.path is set
+
+    # ComfyUI's nodes.py puts comfy/ (which has a utils.py) first on sys.path; main.py has
+    # imported the top-level ``utils`` package by then, and so must we.
+    import utils  # noqa: F401
 
     if "comfy.model_management" not in sys.modules:
         comfy.cli_args.args.cpu = True
@@ -94,3 +104,83 @@ def prepare_comfy_import(root: Path | None = None) -> Path:
         if comfy.model_management.cpu_state != comfy.model_management.CPUState.CPU:
             raise RuntimeError("comfy.model_management was imported before CPU mode was set")
     return root
+
+
+def _put_host_first_on_sys_path(root: str) -> None:
+    """The host root must come before this repo (whose ``nodes`` package would shadow
+    ComfyUI's nodes.py); entries ComfyUI itself adds in front (comfy/) may stay."""
+    repo = str(REPO_ROOT)
+    repo_index = min(
+        (i for i, entry in enumerate(sys.path) if entry in (repo, "", ".")), default=len(sys.path)
+    )
+    if root in sys.path and sys.path.index(root) < repo_index:
+        return
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+
+
+def populate_custom_nodes(custom_nodes_dir: Path) -> Path:
+    """Link this pack (as ComfyUI-PSG) and the test-only nodes into a custom_nodes dir."""
+    custom_nodes_dir.mkdir(parents=True, exist_ok=True)
+    for link_name, target in ((PACK_LINK_NAME, REPO_ROOT), (TEST_NODES_LINK_NAME, TEST_NODES_DIR)):
+        link = custom_nodes_dir / link_name
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+    return custom_nodes_dir
+
+
+# --------------------------------------------------------------------------- errors
+# Raised by both the in-process executor and the server client, carrying ComfyUI's own
+# error payloads so tests can assert on node id, class and message.
+
+
+class PromptValidationError(Exception):
+    """ComfyUI rejected the prompt (execution.validate_prompt / HTTP 400)."""
+
+    def __init__(self, error: dict, node_errors: dict):
+        self.error = error
+        self.node_errors = node_errors
+        lines = [f"{error.get('type')}: {error.get('message')} {error.get('details', '')}".rstrip()]
+        for node_id, info in node_errors.items():
+            for reason in info.get("errors", []):
+                lines.append(
+                    f"  node {node_id} ({info.get('class_type')}): {reason.get('message')}: {reason.get('details')}"
+                )
+        super().__init__("\n".join(lines))
+
+
+class PromptExecutionError(Exception):
+    """A node raised while the prompt ran (ComfyUI's ``execution_error`` message)."""
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.node_id: str = str(data.get("node_id"))
+        self.node_type: str = str(data.get("node_type"))
+        self.exception_type: str = str(data.get("exception_type"))
+        self.exception_message: str = str(data.get("exception_message"))
+        self.traceback: list[str] = list(data.get("traceback") or [])
+        super().__init__(
+            f"node {self.node_id} ({self.node_type}) raised {self.exception_type}: {self.exception_message}"
+            + ("\n" + "".join(self.traceback) if self.traceback else "")
+        )
+
+
+class PromptInterrupted(Exception):
+    """The prompt was interrupted (ComfyUI's ``execution_interrupted`` message)."""
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.node_id: str = str(data.get("node_id"))
+        self.node_type: str = str(data.get("node_type"))
+        self.executed: list[str] = list(data.get("executed") or [])
+        super().__init__(f"interrupted in node {self.node_id} ({self.node_type})")
+
+
+def raise_for_status_messages(messages: list) -> None:
+    """Turn ComfyUI's status messages [(event, data), ...] into our exceptions."""
+    for event, data in messages:
+        if event == "execution_error":
+            raise PromptExecutionError(data)
+        if event == "execution_interrupted":
+            raise PromptInterrupted(data)
