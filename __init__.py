@@ -11,8 +11,8 @@ import logging
 logger = logging.getLogger(__name__)
 
 WEB_DIRECTORY = "./web"
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+# No NODE_CLASS_MAPPINGS here: ComfyUI's loader (nodes.load_custom_node) takes the classic
+# path whenever that name exists, even empty, and would then never call comfy_entrypoint.
 
 try:
     from comfy_api.latest import ComfyExtension  # noqa: F401  (host present?)
@@ -21,4 +21,4 @@ except ImportError:  # not inside ComfyUI
 else:
     from .nodes import comfy_entrypoint  # noqa: F401
 
-__all__ = ["comfy_entrypoint", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
