@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 COMFY_ROOT = host.find_comfyui_root()
 HOST_TESTS_DIR = Path(__file__).resolve().parent
+SKIP_REASON = "no ComfyUI host ($COMFYUI_ROOT or ~/ComfyUI): see the NO COMFYUI HOST line"
 
 if COMFY_ROOT is not None:
     # Before any test module is imported: CPU mode, host first on sys.path.
@@ -43,7 +44,7 @@ class _SkippedHostFile(pytest.File):
 
 class _SkippedHostItem(pytest.Item):
     def runtest(self) -> None:
-        pytest.skip(host.no_host_message())
+        pytest.skip(SKIP_REASON)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.name} (needs a ComfyUI host)"
@@ -56,15 +57,11 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
     return None
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    if COMFY_ROOT is None:
-        return host.no_host_message()
-    return f"ComfyUI host: {COMFY_ROOT}"
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if COMFY_ROOT is None:
         terminalreporter.write_line(host.no_host_message(), yellow=True, bold=True)
+    else:
+        terminalreporter.write_line(f"host tests ran against the ComfyUI source tree at {COMFY_ROOT}")
 
 
 # --------------------------------------------------------------------------- server log on failure
@@ -85,7 +82,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 @pytest.fixture(scope="session")
 def comfy_root() -> Path:
     if COMFY_ROOT is None:
-        pytest.skip(host.no_host_message())
+        pytest.skip(SKIP_REASON)
     return COMFY_ROOT
 
 

@@ -25,15 +25,6 @@ TEST_NODES_LINK_NAME = "psg_test_nodes"
 PYCACHE_PREFIX = str(REPO_ROOT / ".cache" / "pycache")
 
 
-def candidate_roots() -> list[Path]:
-    """Where we look, in order: $COMFYUI_ROOT (when set), then ~/ComfyUI."""
-    candidates = []
-    if os.environ.get(ENV_VAR):
-        candidates.append(Path(os.environ[ENV_VAR]).expanduser())
-    candidates.append(DEFAULT_ROOT.expanduser())
-    return candidates
-
-
 def is_comfyui_root(path: Path) -> bool:
     return (path / "main.py").is_file() and (path / "comfy").is_dir() and (path / "nodes.py").is_file()
 
@@ -54,12 +45,16 @@ def find_comfyui_root() -> Path | None:
 
 def no_host_message() -> str:
     """One loud line: what was searched and how to enable the host tests."""
-    looked = ", ".join(str(p) for p in candidate_roots())
+    env_value = os.environ.get(ENV_VAR)
+    if env_value:
+        where = f"{ENV_VAR}={env_value} is not a ComfyUI source tree"
+    else:
+        where = f"{ENV_VAR} is unset and {DEFAULT_ROOT.expanduser()} is not a ComfyUI source tree"
     return (
-        f"NO COMFYUI HOST FOUND (looked in: {looked}; need main.py, nodes.py and comfy/): "
-        f"every test under tests/host is SKIPPED. To run them, get the ComfyUI source "
-        f"(git clone https://github.com/Comfy-Org/ComfyUI) and set {ENV_VAR}=/path/to/ComfyUI "
-        f"(or put it at ~/ComfyUI), then rerun scripts/test.sh."
+        f"NO COMFYUI HOST: {where} (need main.py, nodes.py and comfy/), so every test under "
+        f"tests/host is SKIPPED. To run them, get the ComfyUI source "
+        f"(git clone https://github.com/Comfy-Org/ComfyUI), set {ENV_VAR}=/path/to/ComfyUI "
+        f"(or put it at ~/ComfyUI) and rerun scripts/test.sh."
     )
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,23 @@ def _loaded_module(link_name: str) -> Any:
     return sys.modules[module_name]
 
 
+@contextlib.contextmanager
+def _collect_warnings() -> Iterator[list[str]]:
+    """Warnings ComfyUI logs (on the root logger) inside the block, e.g. an import error."""
+    messages: list[str] = []
+
+    class Collector(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collector(level=logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
 async def _load_all_nodes(nodes_module: Any, custom_nodes: Path) -> None:
     """Built-ins + comfy_extras (no API nodes), then our two packs through ComfyUI's own
     ``nodes.load_custom_node``, as main.py does but failing loudly: ComfyUI only logs a
@@ -345,13 +363,14 @@ async def _load_all_nodes(nodes_module: Any, custom_nodes: Path) -> None:
     await nodes_module.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)
     builtin_names = set(nodes_module.NODE_CLASS_MAPPINGS)
     for link_name in (host.PACK_LINK_NAME, host.TEST_NODES_LINK_NAME):
-        loaded = await nodes_module.load_custom_node(
-            str(custom_nodes / link_name), builtin_names, module_parent="custom_nodes"
-        )
+        with _collect_warnings() as warnings:
+            loaded = await nodes_module.load_custom_node(
+                str(custom_nodes / link_name), builtin_names, module_parent="custom_nodes"
+            )
         if not loaded:
             raise RuntimeError(
                 f"ComfyUI failed to load the custom node package {link_name!r} "
-                f"({custom_nodes / link_name}); its import error is in the log above"
+                f"({custom_nodes / link_name}):\n" + "\n".join(warnings)
             )
     if "PSGTestTinyCheckpoint" not in nodes_module.NODE_CLASS_MAPPINGS:
         raise RuntimeError("the test-only nodes loaded but registered no PSGTestTinyCheckpoint")

@@ -111,6 +111,7 @@ class ComfyServer:
         server = cls(process, f"http://127.0.0.1:{port}", base_dir, log_path)
         try:
             server._wait_until_ready(timeout_s)
+            server._check_packs_loaded()
         except BaseException:
             server.stop()
             raise
@@ -131,6 +132,16 @@ class ComfyServer:
                 pass
             time.sleep(0.25)
         raise ServerStartError(f"ComfyUI server not ready after {timeout_s:.0f} s\n{self.log_tail()}")
+
+    def _check_packs_loaded(self) -> None:
+        """ComfyUI only logs "(IMPORT FAILED)" in its import-time table: fail loudly instead."""
+        log = self.log_path.read_text(errors="replace").splitlines()
+        for link_name in (host.PACK_LINK_NAME, host.TEST_NODES_LINK_NAME):
+            rows = [line for line in log if line.rstrip().endswith(f"custom_nodes/{link_name}")]
+            if not rows or any("IMPORT FAILED" in row for row in rows):
+                raise ServerStartError(
+                    f"the ComfyUI server did not load the custom node package {link_name!r}\n{self.log_tail(200)}"
+                )
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Terminate by pid, then kill if it does not exit in time."""
