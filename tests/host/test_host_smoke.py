@@ -7,6 +7,7 @@ or comfy_server.post_prompt/wait).
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -131,6 +132,23 @@ def test_in_process_interrupt_stops_sampler_mid_way(comfy_host):
     assert comfy_host.run(prompt).output(ids["decode"]).shape[0] == 1
 
 
+def test_in_process_interrupt_from_another_thread(comfy_host):
+    prompt, ids = text_to_image_prompt(steps=6)
+    sampling = threading.Event()
+    interrupted = threading.Event()
+
+    def hold_first_step(node_id, value, total):
+        sampling.set()
+        interrupted.wait(timeout=30)
+
+    running = comfy_host.start(prompt, on_progress=hold_first_step)
+    assert sampling.wait(timeout=60)
+    comfy_host.interrupt()
+    interrupted.set()
+    with pytest.raises(PromptInterrupted):
+        running.result(timeout=60)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_in_process_every_tiny_family_samples(comfy_host, family):
     prompt, ids = text_to_image_prompt(family)
@@ -169,3 +187,30 @@ def test_server_rejects_invalid_prompt_with_node_errors(comfy_server):
     with pytest.raises(PromptValidationError) as caught:
         comfy_server.post_prompt(prompt)
     assert ids["sampler"] in caught.value.node_errors
+
+
+def test_server_upload_image_feeds_load_image(comfy_server, tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "upload.png")
+    uploaded = comfy_server.upload_image(tmp_path / "upload.png", subfolder="psg_tests")
+
+    graph = GraphBuilder(prefix="")
+    load = graph.node("LoadImage", image=f"{uploaded['subfolder']}/{uploaded['name']}")
+    save = graph.node("SaveImage", images=load.out(0), filename_prefix="psg_upload")
+    entry = comfy_server.run(graph.finalize())
+
+    (saved,) = entry["outputs"][save.id]["images"]
+    round_trip = np.asarray(Image.open(io.BytesIO(comfy_server.view(**saved))).convert("RGB"))
+    assert np.array_equal(round_trip, pixels)
+
+
+def test_server_interrupt_stops_running_prompt(comfy_server):
+    prompt, ids = text_to_image_prompt(steps=1000, seed=4)
+    with comfy_server.events() as events:
+        prompt_id = comfy_server.post_prompt(prompt, client_id=events.client_id)
+        # Interrupt once sampling runs: an earlier one is cleared when execution starts.
+        events.wait_for("progress", where=lambda data: data.get("prompt_id") == prompt_id)
+        comfy_server.interrupt()
+        with pytest.raises(PromptInterrupted) as caught:
+            comfy_server.wait(prompt_id, timeout_s=120)
+    assert caught.value.node_id == ids["sampler"]

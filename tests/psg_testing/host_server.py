@@ -22,10 +22,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
+import websocket
 
 from psg_testing import host
 
@@ -39,6 +41,47 @@ POLL_INTERVAL_S = 0.1
 
 class ServerStartError(RuntimeError):
     pass
+
+
+class ServerEvents:
+    """The server's websocket for one client id: ComfyUI sends this client the events of
+    the prompts it posts (``executing``, ``progress``, ``executed``, ``execution_*``)."""
+
+    def __init__(self, url: str, client_id: str) -> None:
+        self.client_id = client_id
+        ws_url = url.replace("http://", "ws://", 1) + f"/ws?clientId={client_id}"
+        self._socket = websocket.create_connection(ws_url, timeout=REQUEST_TIMEOUT_S)
+        self.received: list[tuple[str, dict]] = []
+
+    def wait_for(
+        self, event_type: str, timeout_s: float = 60.0, where: Callable[[dict], bool] = lambda data: True
+    ) -> dict:
+        """Read events until one of ``event_type`` whose data satisfies ``where``."""
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._socket.settimeout(remaining)
+            try:
+                message = self._socket.recv()
+            except websocket.WebSocketTimeoutException:
+                break
+            if isinstance(message, bytes):
+                continue  # binary previews
+            event = json.loads(message)
+            self.received.append((event["type"], event.get("data", {})))
+            if event["type"] == event_type and where(event.get("data", {})):
+                return event.get("data", {})
+        raise TimeoutError(
+            f"no {event_type!r} event within {timeout_s} s; received {[t for t, _ in self.received]}"
+        )
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> ServerEvents:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def free_port() -> int:
@@ -218,6 +261,10 @@ class ComfyServer:
     def run(self, prompt: dict, timeout_s: float = 120.0) -> dict:
         """post_prompt + wait."""
         return self.wait(self.post_prompt(prompt), timeout_s)
+
+    def events(self, client_id: str | None = None) -> ServerEvents:
+        """Open the websocket; post prompts with ``client_id=events.client_id`` to get theirs."""
+        return ServerEvents(self.url, client_id or f"psg-tests-{uuid.uuid4()}")
 
     def queue(self) -> dict:
         return self.get_json("/queue")
