@@ -1,15 +1,51 @@
 """Fixtures for tests against a real ComfyUI host (see tests/psg_testing/host*.py).
 
 Session fixtures (one of each per test run):
-  comfy_root    Path of the ComfyUI source tree in use.
-  comfy_host    InProcessHost: ComfyUI booted as a library (CPU) with this pack and the
-                test-only nodes; ``comfy_host.run(prompt) -> RunResult``.
-  comfy_server  ComfyServer: a real ``main.py --cpu`` on 127.0.0.1 with this pack linked
-                into its custom_nodes; ``post_prompt`` / ``wait`` / ``view`` / ...
-  tiny_models   psg_testing.tiny_models.build_tiny(family, seed=0) -> TinyModels.
+  comfy_root    Path of the ComfyUI source tree in use ($COMFYUI_ROOT, else ~/ComfyUI).
+  comfy_host    psg_testing.host_inprocess.InProcessHost: ComfyUI booted as a library
+                (CPU) with built-ins, comfy_extras, this pack and the test-only nodes.
+                ``run(prompt, outputs=None, *, reuse_cache=False, on_progress=None)
+                -> RunResult`` (``.output(node_id, slot=0)``, ``.ui``, ``.executed``,
+                ``.cached``, ``.progress(node_id)``, ``.messages``, ``.events``);
+                ``start(...) -> Future``; ``interrupt()``; ``node_class(name)``;
+                ``node_class_mappings``; ``pack_module()``; ``base_dir`` (its
+                input/, output/, temp/, user/).
+  comfy_server  psg_testing.host_server.ComfyServer: a real ``main.py --cpu`` on
+                127.0.0.1 with this pack linked into its custom_nodes as ComfyUI-PSG.
+                ``url``, ``post_prompt(prompt, client_id=None) -> prompt_id``,
+                ``wait(prompt_id, timeout_s=120, check=True) -> history entry``,
+                ``run(prompt)``, ``object_info(cls=None)``, ``upload_image(path)``,
+                ``view(filename, subfolder, type)``, ``interrupt()``, ``queue()``,
+                ``events()`` (websocket, ``wait_for(type, where=...)``), ``log_tail()``.
+  tiny_models   psg_testing.tiny_models.build_tiny(family, seed=0, *, cached=True)
+                -> TinyModels(model, clip, vae, family); families sd15, sd2v, sdxl, flow.
+
+Both runners raise psg_testing.host.PromptValidationError (``.error``, ``.node_errors``),
+PromptExecutionError (``.node_id``, ``.node_type``, ``.exception_type``,
+``.exception_message``) or PromptInterrupted (``.node_id``) with ComfyUI's own messages.
+
+Writing a host test:
+    from comfy_execution.graph_utils import GraphBuilder
+    graph = GraphBuilder(prefix="")    # plain ids "1", "2"; the default prefix depends on history
+    ckpt = graph.node("PSGTestTinyCheckpoint", family="sd15", seed=0)   # MODEL, CLIP, VAE
+    ...
+    result = comfy_host.run(graph.finalize())
+
+Rules the harness relies on:
+  * Never import this pack's ``nodes`` package as top-level ``nodes`` (ComfyUI's nodes.py
+    owns that name); reach pack code through the host (``comfy_host.node_class(...)``,
+    ``comfy_host.pack_module()``). Pack code must use relative imports: ComfyUI imports
+    the pack by file path, so ``import psg_core`` works under pytest but not in a server.
+  * ``psg_core`` imported by a test and the pack's own ``<pack>.psg_core`` are different
+    module objects: compare values, not classes (no isinstance across them).
+  * This conftest imports ``comfy.cli_args`` at collection time (CPU mode must be set
+    before anything imports comfy.model_management): a core test asserting that
+    psg_core never imports comfy must check in a subprocess.
+  * ``comfy_host.run`` starts from an empty output cache unless ``reuse_cache=True``.
 
 Without a host every test file here is reported skipped WITHOUT being imported (so test
 modules may import comfy at top level), and the run ends with one loud line saying so.
+If the pack (or the test nodes) fails to import, the fixtures raise with the import error.
 """
 
 from __future__ import annotations
