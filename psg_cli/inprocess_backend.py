@@ -114,14 +114,27 @@ class InProcessBackend:
         self._object_info: dict[str, Any] | None = None
 
     def object_info(self) -> dict[str, Any]:
-        """The parts of /object_info the CLI reads (inputs and outputs per node class)."""
+        """The same per-class description a server's ``/object_info`` gives."""
         if self._object_info is None:
+            from comfy_api.internal import _ComfyNodeInternal
+
             import nodes
 
             info: dict[str, Any] = {}
             for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
                 try:
-                    info[name] = {"input": cls.INPUT_TYPES(), "output": list(getattr(cls, "RETURN_TYPES", ()))}
+                    if issubclass(cls, _ComfyNodeInternal):
+                        info[name] = cls.GET_NODE_INFO_V1()
+                        continue
+                    inputs = cls.INPUT_TYPES()
+                    outputs = list(getattr(cls, "RETURN_TYPES", ()))
+                    info[name] = {
+                        "input": inputs, "input_order": {k: list(v) for k, v in inputs.items()},
+                        "output": outputs, "output_name": list(getattr(cls, "RETURN_NAMES", outputs)),
+                        "output_is_list": list(getattr(cls, "OUTPUT_IS_LIST", [False] * len(outputs))),
+                        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)), "name": name,
+                        "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
+                        "category": getattr(cls, "CATEGORY", "sd")}
                 except Exception as err:  # a broken third-party node must not stop the edit
                     logger.debug("skipping node %s: %s", name, err)
             self._object_info = info

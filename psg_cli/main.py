@@ -12,7 +12,7 @@ from . import roles, workflow
 from .batch import BatchRun, preflight
 from .dataset import load_dataset, safe_stem
 from .edit import DEFAULT_WORKFLOW, Backend, EditRequest, run_edit
-from .errors import CliError
+from .errors import CliError, UnreachableError
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 logger = logging.getLogger("psg_cli")
@@ -127,10 +127,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
     out = args.out
     results = args.results or out / "results.json"
     items = load_dataset(args.dataset, out / "_inputs", args.image_root)
-    backends = _backends(args)
     req = _request(args, image=Path(), source="", target="")
-    for backend in backends:
-        preflight(backend, template, req)
+    backends = []
+    unreachable: list[UnreachableError] = []
+    for backend in _backends(args):
+        try:
+            preflight(backend, template, req)
+        except UnreachableError as err:  # one server down must not stop the others
+            unreachable.append(err)
+            sys.stderr.write(f"psg: warning: {err} Continuing without it.\n")
+        else:
+            backends.append(backend)
+    if not backends:
+        raise unreachable[0]
     settings = {"workflow": args.workflow, "ckpt": args.ckpt, "seed": args.seed, "sets": args.sets,
                 "retries": args.retries, "servers": [b.label for b in backends]}
     run = BatchRun(items, out, results, args.dataset, template, args.retries, settings,
