@@ -1,0 +1,99 @@
+"""One-node edit (issue 5, Deliver 6): inversion -> text optimisation -> guided sampling -> decode."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..psg_core.perceptual import DEFAULT_SCALE
+from . import host
+from .guider_nodes import make_guider
+from .inversion_nodes import invert, optimise_text
+from .psg_types import TEXT_MODES, PSGLpipsType
+from .sampler_nodes import PerceptualSettings, make_sampler
+
+logger = logging.getLogger(__name__)
+
+NODE = "PSG Edit"
+NO_OPTIMISATION = "none"
+
+
+def encode(vae, image: torch.Tensor) -> torch.Tensor:
+    """Like VAEEncode: IMAGE (B, H, W, C) -> LATENT samples."""
+    host.image_to_bchw(image, NODE)
+    return vae.encode(image[:, :, :, :3])
+
+
+class PSGEdit(io.ComfyNode):
+    """Everything in one box: the full PSG edit of a real image."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PSGEdit",
+            display_name=NODE,
+            category="PSG",
+            description=(
+                "Edits a real photo with a text prompt: DDIM inversion under the source caption, text-guidance "
+                "optimisation, triple-prompt guidance (null / source / edit) and LPIPS perceptual-similarity "
+                "guidance towards the photo. Same inputs, same output."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL, SD3 or Flux)."),
+                io.Vae.Input("vae", tooltip="The model's VAE (encodes the photo, decodes x0 estimates and the result)."),
+                io.Image.Input("image", tooltip="The real photo to edit; sides a multiple of 8 (64 for best results)."),
+                io.Conditioning.Input("null", tooltip="The null (empty) prompt."),
+                io.Conditioning.Input("source", tooltip="A caption of the photo (source prompt)."),
+                io.Conditioning.Input("edit", tooltip="The caption of the wanted result (edit prompt), e.g. the source with one word changed."),
+                PSGLpipsType.Input("lpips", tooltip="The LPIPS network, from PSG LPIPS Loader."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps for inversion and sampling; 50 as in the paper, 20-30 faster."),
+                io.Combo.Input("scheduler", options=host.SCHEDULERS, default=host.DEFAULT_SCHEDULER, tooltip="Sigma schedule for inversion and sampling; 'simple' matches DDIM."),
+                io.Float.Input("w_source", default=0.0, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (source - null). 0 = plain CFG on the edit prompt."),
+                io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (edit - null), the CFG scale; 0 reconstructs the photo. 5-10 typical."),
+                io.Combo.Input("text_optimisation", options=[*TEXT_MODES, NO_OPTIMISATION], default=TEXT_MODES[0], tooltip="How to keep the unedited content: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast), none. Fitted at scale w_source + w_edit."),
+                io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text iterations per step; 10 in the paper, 3-5 faster."),
+                io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, tooltip="Perceptual (LPIPS) guidance strength; 0 turns it off. 0.5-2 typical; higher keeps more of the photo."),
+                io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance starts."),
+                io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance stops."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False, tooltip="Seed for anything random; the method itself is deterministic, same inputs give the same output."),
+                io.Mask.Input("mask", optional=True, tooltip="Optional: 1 = region to edit freely, 0 = region kept close to the photo by LPIPS."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The edited photo."),
+                io.Latent.Output(display_name="latent", tooltip="The edited latent."),
+                io.Float.Output(display_name="losses", is_output_list=True, tooltip="The LPIPS loss at each guided step (a list), to plot or inspect."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, image, null, source, edit, lpips, steps, scheduler, w_source, w_edit,
+                text_optimisation, inner_steps, scale, start, end, seed, mask=None) -> io.NodeOutput:
+        for name, cond in (("null", null), ("source", source), ("edit", edit)):
+            host.embedding_of(cond, name, NODE)
+        settings = PerceptualSettings(scale=scale, start=start, end=end, every=1, through_model=False)
+        settings.validate(NODE)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            samples = encode(vae, image)
+            inv, _ = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=1.0, null=None, node=NODE)
+            if text_optimisation != NO_OPTIMISATION:
+                inv = optimise_text(model, inv, source, null, mode=text_optimisation,
+                                    guidance_scale=w_source + w_edit, inner_steps=inner_steps, tolerance=1e-5,
+                                    node=NODE)
+            guider = make_guider(model, null, source, edit, w_source, w_edit, inv, node=NODE)
+            sampler = make_sampler(vae, image, lpips, settings, mask, inv)
+            sigmas = inv.sigmas.flip(0).clone()
+            start_latent = model.model.process_latent_out(inv.noise.clone())
+            callback = latent_preview.prepare_callback(model, steps)
+            out = guider.sample(torch.zeros_like(start_latent), start_latent, sampler, sigmas,
+                                callback=callback, disable_pbar=True, seed=seed)
+            losses = list(sampler.sampler_function.losses)
+        out = out.to(comfy.model_management.intermediate_device())
+        decoded = vae.decode(out)
+        if decoded.ndim == 5:  # video VAEs return (B, T, H, W, C)
+            decoded = decoded.reshape(-1, *decoded.shape[-3:])
+        return io.NodeOutput(decoded, {"samples": out}, losses or [0.0])

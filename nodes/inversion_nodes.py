@@ -1,0 +1,198 @@
+"""DDIM inversion and text-guidance optimisation nodes (issue 5, Deliver 2 and 3)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from ..psg_core.ddim import Trajectory, ddim_invert
+from ..psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text
+from . import host
+from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, check_matches
+
+logger = logging.getLogger(__name__)
+
+
+def latent_samples(latent: Any, node: str) -> torch.Tensor:
+    """The sample tensor of a LATENT, with a clear error for anything else."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not torch.is_tensor(samples) or samples.ndim != 4:
+        raise ValueError(f"{node}: the 'latent' input must be an image LATENT (e.g. from VAE Encode).")
+    return samples
+
+
+def invert(
+    model: Any,
+    samples: torch.Tensor,
+    source: Any,
+    *,
+    steps: int,
+    scheduler: str,
+    cfg: float,
+    null: Any | None,
+    node: str,
+) -> tuple[PSGInversion, torch.Tensor]:
+    """Run ``psg_core.ddim_invert`` on the host model; shared by the inversion and edit nodes.
+
+    Returns the inversion and the inverted noise as an (outer-space) LATENT sample tensor."""
+    family = host.detect_family(model, node)
+    sigmas = host.inversion_sigmas(model, scheduler, steps, node)
+    use_cfg = null is not None and abs(cfg - 1.0) > 1e-8
+    if abs(cfg - 1.0) > 1e-8 and null is None:
+        raise ValueError(f"{node}: inversion cfg {cfg} needs the optional 'null' conditioning; connect it or set cfg to 1.")
+    conds = {"source": source}
+    if use_cfg:
+        conds["null"] = null
+    result: dict[str, Any] = {}
+
+    def body(h: host.HostModel) -> torch.Tensor:
+        report = host.StepReporter(model, steps)
+        traj = ddim_invert(
+            h.denoise,
+            h.latent,
+            sigmas.to(h.device),
+            h.bank.embeddings["source"],
+            space=family.space,
+            null=h.bank.embeddings["null"] if use_cfg else None,
+            guidance_scale=float(cfg) if use_cfg else 1.0,
+            callback=report,
+        )
+        latents = traj.latents if torch.is_tensor(traj.latents) else torch.stack(list(traj.latents))
+        result["latents"] = latents.detach().to("cpu", torch.float32)
+        return latents[-1].detach()
+
+    noise = host.run_on_host(model, conds, samples, body, family=family, fallback="source", sigmas=sigmas, node=node)
+    inv = PSGInversion(
+        family=family.name,
+        space=family.space.name,
+        scheduler=scheduler,
+        sigmas=sigmas,
+        latents=result["latents"],
+        inversion_cfg=float(cfg) if use_cfg else 1.0,
+    )
+    return inv, noise
+
+
+def trajectory_on(inv: PSGInversion, device: torch.device, space: Any) -> Trajectory:
+    return Trajectory(sigmas=inv.sigmas.to(device), latents=inv.latents.to(device), space=space)
+
+
+def optimise_text(
+    model: Any,
+    inv: PSGInversion,
+    source: Any,
+    null: Any,
+    *,
+    mode: str,
+    guidance_scale: float,
+    inner_steps: int,
+    tolerance: float,
+    node: str,
+) -> PSGInversion:
+    """Per-step nulls (null-text / negative prompt) or latent offsets (direct inversion)."""
+    family = host.detect_family(model, node)
+    check_matches(inv, family.name, node)
+    if mode not in TEXT_MODES:
+        raise ValueError(f"{node}: unknown mode {mode!r}; pick one of {', '.join(TEXT_MODES)}.")
+    result: dict[str, Any] = {"nulls": None, "offsets": None}
+
+    def body(h: host.HostModel) -> torch.Tensor:
+        traj = trajectory_on(inv, h.device, family.space)
+        src, nul = h.bank.embeddings["source"], h.bank.embeddings["null"]
+        report = host.StepReporter(model, inv.steps)
+        if mode == TEXT_MODES[0]:
+            h.enable_model_gradients()
+            result["nulls"] = optimize_null_text(
+                h.denoise, traj, src, nul, guidance_scale=guidance_scale, inner_steps=inner_steps,
+                tol=tolerance, callback=report,
+            )
+        elif mode == TEXT_MODES[1]:
+            result["nulls"] = negative_prompt_nulls(traj, src)
+        else:
+            result["offsets"] = direct_inversion_offsets(h.denoise, traj, src, nul, guidance_scale=guidance_scale)
+        return h.latent
+
+    zeros = torch.zeros(inv.latent_shape)
+    host.run_on_host(model, {"source": source, "null": null}, zeros, body, family=family, fallback="null",
+                     sigmas=inv.sigmas, node=node)
+    return inv.with_text_guidance(mode, guidance_scale, result["nulls"], result["offsets"])
+
+
+class PSGDDIMInversion(io.ComfyNode):
+    """DDIM-inverts a real image's latent under its caption (deterministic, eta = 0)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PSGDDIMInversion",
+            display_name="PSG DDIM Inversion",
+            category="PSG/inversion",
+            description=(
+                "Runs DDIM backwards from a real image's latent to noise under its caption (the source "
+                "prompt). The trajectory lets the PSG guider and sampler rebuild the image and edit it."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL, SD3 or Flux) used for inversion and editing."),
+                io.Latent.Input("latent", tooltip="The real image's latent, from VAE Encode."),
+                io.Conditioning.Input("source", tooltip="The caption of the real image (source prompt), from CLIP Text Encode."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps; sample with the same number. 50 as in the paper; 20-30 is faster and usually fine."),
+                io.Combo.Input("scheduler", options=host.SCHEDULERS, default=host.DEFAULT_SCHEDULER, tooltip="Sigma schedule; sample with the same one. 'simple' (or ddim_uniform) matches DDIM."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance during inversion; 1 (no guidance) is the standard, most faithful choice. Other values need 'null'."),
+                io.Conditioning.Input("null", optional=True, tooltip="Empty-prompt conditioning, only used when cfg is not 1."),
+            ],
+            outputs=[
+                PSGInversionType.Output(display_name="inversion", tooltip="The inversion trajectory (latents, sigmas, model family) for the PSG optimiser, guider, sampler and save nodes."),
+                io.Latent.Output(display_name="noise", tooltip="The inverted noise latent; sample from it with noise disabled to rebuild or edit the image."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, source, steps, scheduler, cfg, null=None) -> io.NodeOutput:
+        node = "PSG DDIM Inversion"
+        samples = latent_samples(latent, node)
+        host.embedding_of(source, "source", node)
+        inv, noise = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=cfg, null=null, node=node)
+        logger.info("PSG inversion: %s", inv.describe())
+        return io.NodeOutput(inv, {"samples": noise})
+
+
+class PSGTextGuidanceOptimize(io.ComfyNode):
+    """Fits per-step null embeddings (or latent offsets) so guided sampling retraces the inversion."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PSGTextGuidanceOptimize",
+            display_name="PSG Text Guidance Optimisation",
+            category="PSG/inversion",
+            description=(
+                "Makes guided sampling reproduce the inverted image. null-text optimisation tunes one null "
+                "embedding per step (Mokady et al.; best fidelity, slowest); negative-prompt uses the source "
+                "prompt as the null (free); direct offsets store the per-step latent drift (fast, exact)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The same model the inversion was made with."),
+                PSGInversionType.Input("inversion", tooltip="The output of PSG DDIM Inversion."),
+                io.Conditioning.Input("source", tooltip="The source prompt used for the inversion."),
+                io.Conditioning.Input("null", tooltip="The null (empty) prompt, the starting point of the optimisation."),
+                io.Combo.Input("mode", options=list(TEXT_MODES), default=TEXT_MODES[0], tooltip="null-text optimisation (best), negative-prompt (free) or direct offsets (fast)."),
+                io.Float.Input("guidance_scale", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The CFG scale sampling will use on the source prompt; 7.5 as in the paper."),
+                io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Optimiser iterations per step (null-text only); 10 in the paper, 3-5 is faster."),
+                io.Float.Input("tolerance", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-7, tooltip="Stop a step's iterations early once the latent error is below this (null-text only)."),
+            ],
+            outputs=[
+                PSGInversionType.Output(display_name="inversion", tooltip="The inversion carrying the per-step nulls or offsets; plug it into the PSG guider."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, source, null, mode, guidance_scale, inner_steps, tolerance) -> io.NodeOutput:
+        node = "PSG Text Guidance Optimisation"
+        host.embedding_of(source, "source", node)
+        host.embedding_of(null, "null", node)
+        inv = optimise_text(model, inversion, source, null, mode=mode, guidance_scale=guidance_scale,
+                            inner_steps=inner_steps, tolerance=tolerance, node=node)
+        return io.NodeOutput(inv)

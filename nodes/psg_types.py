@@ -1,0 +1,76 @@
+"""Custom socket types passed between PSG nodes (plain Python objects kept in memory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from comfy_api.latest import io
+
+PSGInversionType = io.Custom("PSG_INVERSION")
+PSGLpipsType = io.Custom("PSG_LPIPS")
+
+TEXT_MODES = ("null-text optimisation", "negative-prompt", "direct offsets")
+
+
+@dataclass(frozen=True)
+class PSGInversion:
+    """A DDIM inversion trajectory in the model's latent space (process_latent_in'd), on the CPU.
+
+    ``latents[i]`` lies at ``sigmas[i]`` (ascending, ``sigmas[0] == 0``); ``latents[-1]`` is the
+    inverted noise. ``nulls[j]`` / ``offsets[j]`` belong to reverse step j (j = 0 starts at the
+    noisiest latent), as returned by the core's optimisers.
+    """
+
+    family: str
+    space: str
+    scheduler: str
+    sigmas: torch.Tensor
+    latents: torch.Tensor  # (steps + 1, B, C, H, W)
+    inversion_cfg: float = 1.0
+    mode: str | None = None
+    guidance_scale: float | None = None
+    nulls: tuple[torch.Tensor, ...] | None = None
+    offsets: tuple[torch.Tensor, ...] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return int(self.sigmas.shape[0]) - 1
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.latents.shape[1:])
+
+    @property
+    def noise(self) -> torch.Tensor:
+        return self.latents[-1]
+
+    def with_text_guidance(self, mode: str, guidance_scale: float, nulls, offsets) -> PSGInversion:
+        return replace(
+            self,
+            mode=mode,
+            guidance_scale=float(guidance_scale),
+            nulls=tuple(n.detach().to("cpu") for n in nulls) if nulls is not None else None,
+            offsets=tuple(o.detach().to("cpu") for o in offsets) if offsets is not None else None,
+        )
+
+    def describe(self) -> str:
+        extra = f", {self.mode}" if self.mode else ""
+        return f"{self.family}, {self.steps} steps ({self.scheduler}), latent {list(self.latent_shape)}{extra}"
+
+
+def check_matches(inv: PSGInversion, family: str, node: str, latent_shape: tuple[int, ...] | None = None) -> None:
+    """Refuse an inversion made with another model family or for another latent size."""
+    if not isinstance(inv, PSGInversion):
+        raise ValueError(f"{node}: the 'inversion' input is not a PSG_INVERSION (connect a PSG DDIM Inversion node).")
+    if inv.family != family:
+        raise ValueError(
+            f"{node}: this inversion was made with a {inv.family} model but the connected model is {family}; "
+            "run PSG DDIM Inversion again with this model."
+        )
+    if latent_shape is not None and tuple(latent_shape) != inv.latent_shape:
+        raise ValueError(
+            f"{node}: the inversion is for a latent of shape {list(inv.latent_shape)} but got "
+            f"{list(latent_shape)}; use the same image size (and batch) as the inversion."
+        )
