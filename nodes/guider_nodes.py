@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import comfy.samplers
 import node_helpers
 import torch
 from comfy_api.latest import io
 
-from ..psg_core.spaces import NoiseSpace, coefficients
 from . import host
 from .psg_types import PSGInversion, PSGInversionType, check_matches
+
+if TYPE_CHECKING:
+    from ..psg_core.spaces import NoiseSpace
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class PSGTripleGuider(comfy.samplers.CFGGuider):
     def _offset_as_x0(self, step: int, timestep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """DDIM: x_next = a_n x0 + b_n (x - a x0) / b, so adding d to x0 moves x_next by
         d (a_n - b_n a / b); pick d so that move equals the stored offset."""
+        from ..psg_core.spaces import coefficients
+
         inv = self.inversion
         m = inv.steps - step
         sigma, sigma_next = inv.sigmas[m], inv.sigmas[m - 1]

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import comfy.conds
 import comfy.model_base
@@ -24,7 +24,8 @@ import comfy.samplers
 import latent_preview
 import torch
 
-from ..psg_core.spaces import NoiseSpace
+if TYPE_CHECKING:
+    from ..psg_core.spaces import NoiseSpace
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def detect_family(model: Any, node: str) -> ModelFamily:
     EPS and V_PREDICTION (SD1.x, SD2.x, SDXL) live in ComfyUI's VE space; CONST (SD3, Flux) is the
     flow space. Everything else is refused: inverting it with these formulas would be silently wrong.
     """
+    from ..psg_core.spaces import NoiseSpace  # at use: the pack registers even without a full core
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(model, "get_model_object"):
         raise ValueError(f"{node}: the 'model' input is not a diffusion MODEL (got {type(model).__name__}).")
@@ -122,9 +124,28 @@ def make_grad_safe(module: torch.nn.Module) -> int:
 
 
 @contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """``requires_grad=False`` on every parameter for the duration, restored after.
+
+    Loaded weights may have ``requires_grad=True``: autograd would then build graphs for (and
+    an optimiser's ``backward`` accumulate ``.grad`` into) the shared model."""
+    names = [name for name, p in module.named_parameters() if p.requires_grad]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        params = dict(module.named_parameters())
+        for name in names:
+            if name in params:
+                with torch.inference_mode(params[name].is_inference()):  # torch's rule for those
+                    params[name].requires_grad_(True)
+
+
+@contextlib.contextmanager
 def grad_context() -> Iterator[None]:
-    """Nodes run under ``torch.inference_mode()``; the core needs autograd for its guidance."""
-    with torch.inference_mode(False), torch.enable_grad():
+    """Nodes run under ``torch.inference_mode()``; leave it so the core can use autograd where it
+    needs it (its own ``enable_grad`` blocks). Plain model passes stay gradient-free."""
+    with torch.inference_mode(False), torch.no_grad():
         yield
 
 
@@ -308,7 +329,7 @@ def run_on_host(
         return HostModel(model, model_wrap, model_options, bank, family, inner_latent)
 
     sampler = _BodySampler(body, make_host)
-    with grad_context():
+    with grad_context(), frozen(model.model):
         latent = normal_tensor(latent)
         noise = torch.zeros_like(latent)
         out = guider.sample(noise, latent, sampler, normal_tensor(sigmas), seed=seed, disable_pbar=True)

@@ -8,8 +8,6 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..psg_core.ddim import Trajectory, ddim_invert
-from ..psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text
 from . import host
 from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, check_matches
 
@@ -38,6 +36,7 @@ def invert(
     """Run ``psg_core.ddim_invert`` on the host model; shared by the inversion and edit nodes.
 
     Returns the inversion and the inverted noise as an (outer-space) LATENT sample tensor."""
+    from ..psg_core.ddim import ddim_invert
     family = host.detect_family(model, node)
     sigmas = host.inversion_sigmas(model, scheduler, steps, node)
     use_cfg = null is not None and abs(cfg - 1.0) > 1e-8
@@ -76,7 +75,9 @@ def invert(
     return inv, noise
 
 
-def trajectory_on(inv: PSGInversion, device: torch.device, space: Any) -> Trajectory:
+def trajectory_on(inv: PSGInversion, device: torch.device, space: Any) -> Any:
+    from ..psg_core.ddim import Trajectory
+
     return Trajectory(sigmas=inv.sigmas.to(device), latents=inv.latents.to(device), space=space)
 
 
@@ -93,6 +94,7 @@ def optimise_text(
     node: str,
 ) -> PSGInversion:
     """Per-step nulls (null-text / negative prompt) or latent offsets (direct inversion)."""
+    from ..psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text
     family = host.detect_family(model, node)
     check_matches(inv, family.name, node)
     if mode not in TEXT_MODES:
@@ -105,10 +107,11 @@ def optimise_text(
         report = host.StepReporter(model, inv.steps)
         if mode == TEXT_MODES[0]:
             h.enable_model_gradients()
-            result["nulls"] = optimize_null_text(
-                h.denoise, traj, src, nul, guidance_scale=guidance_scale, inner_steps=inner_steps,
-                tol=tolerance, callback=report,
-            )
+            with torch.enable_grad():
+                result["nulls"] = optimize_null_text(
+                    h.denoise, traj, src, nul, guidance_scale=guidance_scale, inner_steps=inner_steps,
+                    tol=tolerance, callback=report,
+                )
         elif mode == TEXT_MODES[1]:
             result["nulls"] = negative_prompt_nulls(traj, src)
         else:

@@ -6,4 +6,20 @@ from comfy_api.latest import io
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    return []
+    from .edit_nodes import PSGEdit
+    from .guider_nodes import PSGTriplePromptGuider
+    from .inversion_nodes import PSGDDIMInversion, PSGTextGuidanceOptimize
+    from .lpips_nodes import PSGLPIPSLoader
+    from .sampler_nodes import PSGPerceptualSampler
+    from .storage_nodes import PSGLoadInversion, PSGSaveInversion
+
+    return [
+        PSGLPIPSLoader,
+        PSGDDIMInversion,
+        PSGTextGuidanceOptimize,
+        PSGTriplePromptGuider,
+        PSGPerceptualSampler,
+        PSGEdit,
+        PSGSaveInversion,
+        PSGLoadInversion,
+    ]

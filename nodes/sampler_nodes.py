@@ -10,7 +10,6 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..psg_core.ddim import ddim_sample
 from ..psg_core.perceptual import DEFAULT_SCALE, PerceptualGuidance
 from . import host
 from .lpips_nodes import LpipsHandle
@@ -93,11 +92,13 @@ class _PerceptualSampling:
         self.losses: list[float] = []
 
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
+        from ..psg_core.ddim import ddim_sample
+
         extra_args = extra_args or {}
         guider = model.inner_model
         base = guider.inner_model
         family = host.detect_family(guider.model_patcher, NODE)
-        with host.grad_context():
+        with host.grad_context(), host.frozen(base):
             x = host.normal_tensor(x)
             sigmas = host.normal_tensor(sigmas).float()
             if self.inversion is not None:
