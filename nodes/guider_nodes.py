@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from . import host
-from .psg_types import PSGInversion, PSGInversionType, check_matches
+from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, check_matches
 
 if TYPE_CHECKING:
     from ..psg_core.spaces import NoiseSpace
@@ -69,7 +69,9 @@ class PSGTripleGuider(comfy.samplers.CFGGuider):
             if tuple(x.shape[1:]) != inv.latent_shape[1:]:
                 raise ValueError(f"{NODE}: the latent {list(x.shape)} does not match the inversion {list(inv.latent_shape)}.")
             step = self._step_index(float(timestep.reshape(-1)[0]))
-            if inv.nulls is not None:
+            if inv.mode == TEXT_MODES[1]:  # negative-prompt: the whole source cond (pooled output too)
+                null_c = source_c
+            elif inv.nulls is not None:
                 null_c = host.swap_embedding(null_c, inv.nulls[step].to(x.device))
         conds = [null_c, source_c if self.w_source != 0.0 else None, edit_c if self.w_edit != 0.0 else None]
         out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
