@@ -25,6 +25,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from .losses import ImageLoss, Metric, as_mask
+from .spaces import NoiseSpace, eps_from_x0
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class PerceptualGuidance:
 
     def __call__(self, *, step: int, total: int, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
                  x0_hat: torch.Tensor, eps_hat: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor],
-                 space: object) -> tuple[torch.Tensor, torch.Tensor]:
+                 space: NoiseSpace) -> tuple[torch.Tensor, torch.Tensor]:
         if step == 0:
             self.reset()
         if not self.is_guided(step, total):
@@ -120,12 +121,9 @@ class PerceptualGuidance:
         return x0, first
 
     def _dps(self, x: torch.Tensor, sigma: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor],
-             space: object, size: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+             space: NoiseSpace, size: float) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Gradient w.r.t. x_t through the denoiser (DPS); x_t moves by -d with x0_hat held, which
         for the next DDIM step means eps_hat' = (x_t - d - a x0_hat) / b."""
-        from .spaces import coefficients
-
-        a, b = (_per_sample(c, x) for c in coefficients(space, sigma.detach().clone().float()))
         xt = x.detach().clone().float()
         first = float("nan")
         for r in range(self.repeats):
@@ -135,7 +133,7 @@ class PerceptualGuidance:
             first = value if r == 0 else first
             x0 = x0_pred.detach()
             xt = (v - size * _rms(x0) * grad / _rms(grad).clamp_min(1e-12)).detach()
-        return x0, (xt - a * x0) / b, first
+        return x0, eps_from_x0(xt, sigma.detach().clone().float(), x0, space), first
 
     def _loss_and_grad(self, x0: torch.Tensor, wrt: torch.Tensor) -> tuple[float, torch.Tensor]:
         """One decode + loss + backward; only ``wrt``'s gradient is kept, the graph is freed."""
@@ -182,8 +180,3 @@ def _make_loss(loss: lpips.LPIPS | ImageLoss | Metric | None, mask: torch.Tensor
 def _rms(t: torch.Tensor) -> torch.Tensor:
     """Per-sample root mean square, shaped (B, 1, 1, 1) to broadcast."""
     return t.pow(2).flatten(1).mean(1).sqrt().view(-1, *([1] * (t.dim() - 1)))
-
-
-def _per_sample(c: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    c = torch.as_tensor(c, dtype=torch.float32, device=like.device)
-    return c.reshape(-1, *([1] * (like.dim() - 1))) if c.dim() else c

@@ -16,6 +16,7 @@ import torchvision.transforms.functional as TF
 
 from psg_core.losses import ImageLoss
 from psg_core.perceptual import PerceptualGuidance
+from psg_core.spaces import NoiseSpace
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,30 @@ def test_repeats_take_more_steps_and_keep_descending():
     results = [call_hook(PerceptualGuidance(decode, reference, loss=mse, scale=1.0, repeats=r), x0)[0]
                for r in (1, 3)]
     assert mse(decode(results[1]), reference) < mse(decode(results[0]), reference)
+
+
+def test_dps_step_moves_x_t_through_the_model_and_keeps_x0_consistent():
+    decode = make_decoder()
+    torch.manual_seed(4)
+    weight = torch.randn(4, 4) / 2  # a differentiable stand-in denoiser: channel mixing, shrunk by sigma
+    predict_calls = []
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        predict_calls.append(x.requires_grad)
+        return torch.einsum("oc,bchw->bohw", weight, x) / (1 + 2.0 ** 2)
+
+    x = torch.randn(1, 4, 8, 8) * 2
+    reference = torch.rand(1, 3, 16, 16)
+    sigma = torch.tensor([2.0])
+    hook = PerceptualGuidance(decode, reference, loss=mse, scale=1.0, through_model=True)
+    x0, eps = hook(step=0, total=10, x=x, sigma=sigma, sigma_next=sigma / 2, x0_hat=predict(x).detach(),
+                   eps_hat=torch.zeros_like(x), predict=predict, space=NoiseSpace.VE)
+    assert predict_calls[1:] == [True]  # one differentiable call per repeat
+    moved = x0 + 2.0 * eps  # the x_t the returned pair implies
+    torch.testing.assert_close(x0, predict(x))  # x0_hat held at the step's prediction
+    assert mse(decode(predict(moved)), reference) < mse(decode(predict(x)), reference)
+    rms = (moved - x).pow(2).mean().sqrt()
+    torch.testing.assert_close(rms, 0.1 * x0.pow(2).mean().sqrt())
 
 
 def test_window_every_and_loss_record():
@@ -185,3 +210,24 @@ def test_lpips_on_real_photos_is_zero_on_itself_and_grows_with_noise_and_blur(lp
     by_blur = [loss(TF.gaussian_blur(x, [k, k], [k / 3, k / 3]), x).item() for k in (3, 5, 9, 15)]
     assert by_noise == sorted(by_noise) and by_noise[0] > 0
     assert by_blur == sorted(by_blur) and by_blur[0] > 0
+
+
+def test_masked_step_leaves_the_edited_latents_alone_up_to_decoder_leakage(lpips_alex):
+    """Image-space gradient is exactly 0 where mask = 1; the latent step leaks only through the
+    decoder's footprint (here bilinear 2x upsampling: one latent pixel at the border)."""
+    decode = make_decoder(factor=2)
+    torch.manual_seed(5)
+    x0 = torch.randn(1, 4, 32, 32)
+    reference = photo("chelsea", (64, 64))
+    mask = torch.zeros(64, 64)
+    mask[16:48, 8:40] = 1  # latent rows 8:24, cols 4:20
+    hook = PerceptualGuidance(decode, reference, loss=lpips_alex, mask=mask, mse_weight=1.0)
+    move = (call_hook(hook, x0)[0] - x0).abs().sum(1)[0]
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[8:24, 4:20] = True
+    interior = torch.zeros_like(inside)
+    interior[9:23, 5:19] = True
+    assert move[interior].max() == 0
+    assert move[~inside].mean() > 0
+    leakage = float(move[inside].sum() / move.sum())
+    assert leakage < 0.1, leakage
