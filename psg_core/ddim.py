@@ -14,6 +14,10 @@ x0_hat = D(x_s, s'), so the first step from the clean latent (s = 0) is well def
 
 (for VE this is x_next = x + (s' - s) eps_hat, Euler in sigma). The approximation D(x_s, s') for
 D(x_s', s') is what makes inversion first order and what null-text optimisation corrects.
+
+``fixed_point_iters > 0`` refines each step (s > 0) by solving the sampler's own step backwards,
+x_next = (b(s') / b(s)) (x - a(s) D(x_next, s')) + a(s') D(x_next, s'), by fixed-point iteration
+(one extra denoiser call per iteration): sampling then retraces the inversion far more closely.
 """
 
 from __future__ import annotations
@@ -73,6 +77,14 @@ def _inversion_step(x: Tensor, sigma: Tensor, sigma_next: Tensor, x0_hat: Tensor
     return noisy(x0_here, eps_hat, sigma_next, space)
 
 
+def _exact_inversion_update(x: Tensor, sigma: Tensor, sigma_next: Tensor, x0_hat: Tensor,
+                            space: NoiseSpace) -> Tensor:
+    """The x_next whose DDIM step to ``sigma`` lands on ``x``, given x0_hat = D(x_next, sigma_next)."""
+    a, b = coefficients(space, sigma)
+    a_n, b_n = coefficients(space, sigma_next)
+    return batch_view(b_n / b, x) * (x - batch_view(a, x) * x0_hat) + batch_view(a_n, x) * x0_hat
+
+
 def _check_sigmas(sigmas: Tensor, ascending: bool, what: str) -> None:
     if sigmas.ndim != 1 or len(sigmas) < 2:
         raise ValueError(f"{what}: sigmas must be a 1-D schedule with at least 2 entries, got shape {tuple(sigmas.shape)}")
@@ -98,21 +110,34 @@ def ddim_invert(
     space: NoiseSpace = NoiseSpace.VE,
     null: Any = None,
     guidance_scale: float = 1.0,
+    fixed_point_iters: int = 0,
     callback: Callback | None = None,
 ) -> Trajectory:
     """DDIM-invert the clean latent ``x0`` along ascending ``sigmas`` under ``cond``.
 
     With ``null`` and ``guidance_scale != 1`` the inversion itself runs under CFG (both conds in
     one call); the default, unguided inversion is what null-text optimisation expects.
+    ``fixed_point_iters`` refines every step above sigma 0 (module docstring).
     """
     _check_sigmas(sigmas, ascending=True, what="ddim_invert")
+    if fixed_point_iters < 0:
+        raise ValueError(f"ddim_invert: fixed_point_iters must be >= 0, got {fixed_point_iters}")
     use_cfg = null is not None and guidance_scale != 1.0
+    conds = [null, cond] if use_cfg else [cond]
+
+    def predict(x_in: Tensor, sigma: Tensor) -> Tensor:
+        outs = denoise(x_in, sigma_batch(sigma, x_in), conds)
+        return cfg(outs, guidance_scale) if use_cfg else outs[0]
+
     x, latents, n = x0, [x0], len(sigmas) - 1
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        outs = denoise(x, sigma_batch(s_next, x), [null, cond] if use_cfg else [cond])
-        x0_hat = cfg(outs, guidance_scale) if use_cfg else outs[0]
-        x = _inversion_step(x, s, s_next, x0_hat, space)
+        x0_hat = predict(x, s_next)
+        x_next = _inversion_step(x, s, s_next, x0_hat, space)
+        for _ in range(fixed_point_iters if s > 0 else 0):
+            x0_hat = predict(x_next, s_next)
+            x_next = _exact_inversion_update(x, s, s_next, x0_hat, space)
+        x = x_next
         latents.append(x)
         if callback is not None:
             callback(i, n, x, x0_hat)
