@@ -21,6 +21,7 @@ _EXPORTS = {
     "direct_inversion_offsets": "null_text",
     "PerceptualGuidance": "perceptual",
     "load_lpips": "lpips_weights",
+    "ImageLoss": "losses",
 }
 
 __all__ = sorted(_EXPORTS)

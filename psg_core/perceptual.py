@@ -110,7 +110,7 @@ class PerceptualGuidance:
 
     def _mpgd(self, x0_hat: torch.Tensor, size: float) -> tuple[torch.Tensor, float]:
         """Gradient w.r.t. x0_hat only: the denoiser is not differentiated (Manifold-preserving GD)."""
-        x0 = x0_hat.detach().clone().float()
+        x0 = _for_grad(x0_hat)
         unit = _rms(x0)
         first = float("nan")
         for r in range(self.repeats):
@@ -124,16 +124,16 @@ class PerceptualGuidance:
              space: NoiseSpace, size: float) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Gradient w.r.t. x_t through the denoiser (DPS); x_t moves by -d with x0_hat held, which
         for the next DDIM step means eps_hat' = (x_t - d - a x0_hat) / b."""
-        xt = x.detach().clone().float()
+        xt = _for_grad(x)
         first = float("nan")
         for r in range(self.repeats):
             v = xt.requires_grad_(True)
-            x0_pred = predict(v).float()
+            x0_pred = predict(v).to(v.dtype)
             value, grad = self._loss_and_grad(x0_pred, v)
             first = value if r == 0 else first
             x0 = x0_pred.detach()
             xt = (v - size * _rms(x0) * grad / _rms(grad).clamp_min(1e-12)).detach()
-        return x0, eps_from_x0(xt, sigma.detach().clone().float(), x0, space), first
+        return x0, eps_from_x0(xt, sigma.detach().clone().to(xt.dtype), x0, space), first
 
     def _loss_and_grad(self, x0: torch.Tensor, wrt: torch.Tensor) -> tuple[float, torch.Tensor]:
         """One decode + loss + backward; only ``wrt``'s gradient is kept, the graph is freed."""
@@ -180,3 +180,9 @@ def _make_loss(loss: lpips.LPIPS | ImageLoss | Metric | None, mask: torch.Tensor
 def _rms(t: torch.Tensor) -> torch.Tensor:
     """Per-sample root mean square, shaped (B, 1, 1, 1) to broadcast."""
     return t.pow(2).flatten(1).mean(1).sqrt().view(-1, *([1] * (t.dim() - 1)))
+
+
+def _for_grad(t: torch.Tensor) -> torch.Tensor:
+    """A normal (non-inference) copy to differentiate; half precision is promoted to float32."""
+    t = t.detach().clone()
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
