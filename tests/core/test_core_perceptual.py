@@ -293,3 +293,12 @@ def test_masked_region_is_not_pulled(scene, lpips_alex, through_model):
     assert scene.region_error(out, kept) < 0.95 * scene.region_error(base, kept)
     unmasked = scene.sample(scene.guide(lpips_alex, through_model=through_model))
     assert scene.region_error(unmasked, masked) < 0.95 * scene.region_error(base, masked)
+
+
+def test_one_scale_means_the_same_at_any_step_count():
+    relative = []
+    for steps in (25, 100):
+        scene = build_scene(steps=steps)
+        out = scene.sample(scene.guide(mse, scale=1.0))
+        relative.append(scene.distance(out, mse) / scene.distance(scene.sample(), mse))
+    assert relative[0] < 0.5 and abs(relative[0] - relative[1]) < 0.05, relative
