@@ -139,6 +139,8 @@ class PerceptualGuidance:
         """One decode + loss + backward; only ``wrt``'s gradient is kept, the graph is freed."""
         image = grad_checkpoint(self.decode, x0, use_reentrant=False) if self.checkpoint else self.decode(x0)
         value = self.loss(image, self._reference_like(image))
+        if not torch.is_tensor(value) or value.numel() != 1:
+            raise ValueError("PerceptualGuidance: the loss must return a scalar tensor (reduce over the batch).")
         (grad,) = torch.autograd.grad(value, wrt)
         return float(value.detach()), grad
 

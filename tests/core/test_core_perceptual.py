@@ -155,6 +155,12 @@ def test_bad_settings_raise(kwargs, match):
         PerceptualGuidance(make_decoder(factor=2), torch.rand(1, 3, 16, 16), loss=mse, **kwargs)
 
 
+def test_non_scalar_loss_raises():
+    hook = PerceptualGuidance(make_decoder(factor=2), torch.rand(1, 3, 16, 16), loss=lambda i, r: (i - r).pow(2))
+    with pytest.raises(ValueError, match="scalar"):
+        call_hook(hook, torch.randn(1, 4, 8, 8))
+
+
 def test_bad_reference_raises():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         PerceptualGuidance(make_decoder(factor=2), torch.rand(1, 3, 16, 16) * 2 - 1, loss=mse)
