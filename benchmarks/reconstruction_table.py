@@ -60,27 +60,30 @@ def steps_table() -> str:
     return "\n".join(rows)
 
 
+def cfg_row(space: NoiseSpace, n: int, scale: float) -> str:
+    model, source, edit, null, x0 = problem(space)
+    sig = schedule(n, space)
+    traj = ddim_invert(model, x0, sig, source, space=space, fixed_point_iters=2)
+    rev, g = sig.flip(0), TextGuidance(null, source, edit, scale, 0.0)
+
+    def err(guidance: TextGuidance = g, **kw: object) -> float:
+        return rmse(ddim_sample(model, traj.noise, rev, guidance, space=space, **kw), x0)
+
+    model.calls = 0
+    nulls = optimize_null_text(model, traj, source, null, guidance_scale=scale)
+    passes = model.calls
+    plain = err()
+    cells = [err(TextGuidance(null, source, edit, 1.0, 0.0)), plain, err(nulls=nulls),
+             err(nulls=negative_prompt_nulls(traj, source)),
+             err(offsets=direct_inversion_offsets(model, traj, source, null, guidance_scale=scale))]
+    return (f"| {space.value} | " + " | ".join(f"{c:.2e}" + (f" ({plain / c:.0f}x)" if 0 < c < plain and i > 1 else "")
+                                               for i, c in enumerate(cells)) + f" | {passes} / {10 * n} |")
+
+
 def cfg_table(n: int = 25, scale: float = 7.5) -> str:
     rows = [f"| space | unguided | CFG {scale} plain | null-text (10 inner) | negative-prompt | direct offsets |"
             " null-text denoiser calls / 10 x steps |", "|---|---|---|---|---|---|---|"]
-    for space in NoiseSpace:
-        model, source, edit, null, x0 = problem(space)
-        sig = schedule(n, space)
-        traj = ddim_invert(model, x0, sig, source, space=space, fixed_point_iters=2)
-        rev, g = sig.flip(0), TextGuidance(null, source, edit, scale, 0.0)
-
-        def err(guidance: TextGuidance = g, **kw: object) -> float:
-            return rmse(ddim_sample(model, traj.noise, rev, guidance, space=space, **kw), x0)
-
-        model.calls = 0
-        nulls = optimize_null_text(model, traj, source, null, guidance_scale=scale)
-        passes = model.calls
-        plain = err()
-        cells = [err(TextGuidance(null, source, edit, 1.0, 0.0)), plain, err(nulls=nulls),
-                 err(nulls=negative_prompt_nulls(traj, source)),
-                 err(offsets=direct_inversion_offsets(model, traj, source, null, guidance_scale=scale))]
-        rows.append(f"| {space.value} | " + " | ".join(f"{c:.2e}" + (f" ({plain / c:.0f}x)" if 0 < c < plain and i > 1 else "")
-                                                   for i, c in enumerate(cells)) + f" | {passes} / {10 * n} |")
+    rows += [cfg_row(space, n, scale) for space in NoiseSpace]
     return "\n".join(rows)
 
 
