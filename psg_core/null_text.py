@@ -53,6 +53,9 @@ def optimize_null_text(
     gradients (the denoiser's weights are not touched)."""
     if inner_steps < 0:
         raise ValueError(f"optimize_null_text: inner_steps must be >= 0, got {inner_steps}")
+    # Clones: host tensors may be inference tensors, which autograd cannot save for backward.
+    traj = Trajectory(sigmas=traj.sigmas.clone(), latents=traj.latents.clone(), space=traj.space)
+    source = source.clone()
     space, x = traj.space, traj.noise
     current = null.detach().clone()
     nulls: list[Tensor] = []
