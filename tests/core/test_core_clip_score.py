@@ -1,0 +1,94 @@
+"""CLIPScore with a tiny random CLIP saved to a temp folder (no weights can be downloaded here).
+
+What is checkable offline: loading from a folder (offline), the [0, 100] range and the
+100 * max(cos, 0) formula, and ranking in a constructed case: the projection heads are
+solved so that image i's embedding points along text i's (cos 1) and orthogonal to the
+other text's (cos 0). That exercises the real tokenizer, preprocessing, towers and
+projections end to end; it does not say anything about semantic quality (random towers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from psg_core.clip_score import OFFLINE_HINT, load_clip_scorer
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+SD1_TOKENIZER = Path("~/ComfyUI/comfy/sd1_tokenizer").expanduser()
+TEXTS = ("a photo of a tabby cat", "a red cup of coffee")
+
+
+def _photo(name: str) -> torch.Tensor:
+    return torch.from_numpy(getattr(skimage.data, name)().astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def _save_tiny_clip(folder: Path) -> None:
+    if not (SD1_TOKENIZER / "vocab.json").is_file():
+        pytest.skip(f"no CLIP tokenizer files at {SD1_TOKENIZER} (they ship with ComfyUI)")
+    tok = transformers.CLIPTokenizer(str(SD1_TOKENIZER / "vocab.json"), str(SD1_TOKENIZER / "merges.txt"))
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    cfg = transformers.CLIPConfig(
+        text_config={**tiny, "vocab_size": tok.vocab_size, "max_position_embeddings": 77,
+                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                     "pad_token_id": tok.pad_token_id},
+        vision_config={**tiny, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    transformers.CLIPModel(cfg).eval().save_pretrained(folder)
+    transformers.CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    _save_tiny_clip(folder)
+    return folder
+
+
+def test_core_clip_score_loads_offline_and_stays_in_range(clip_dir: Path) -> None:
+    scorer = load_clip_scorer(clip_dir)
+    images = torch.cat([_photo("chelsea")[..., :300, :300], _photo("coffee")[..., :300, :300]])
+    scores = scorer.score(images, TEXTS)
+    assert scores.shape == (2,)
+    assert bool(((scores >= 0) & (scores <= 100)).all())
+    # the formula: 100 * max(cos, 0) of the normalised projected embeddings
+    cos = (scorer.image_features(images) * scorer.text_features(TEXTS)).sum(-1)
+    assert scores.tolist() == pytest.approx((100 * cos.clamp_min(0)).tolist(), abs=1e-4)
+
+
+def test_core_clip_score_prefers_the_pair_it_was_built_to_match(clip_dir: Path, tmp_path: Path) -> None:
+    scorer = load_clip_scorer(clip_dir)
+    model = scorer.model
+    images = torch.cat([_photo("chelsea")[..., :300, :300], _photo("coffee")[..., :300, :300]])
+    pixels = scorer.processor(images=list(images), return_tensors="pt", do_rescale=False)["pixel_values"]
+    tokens = scorer.processor(text=list(TEXTS), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        v = model.vision_model(pixel_values=pixels).pooler_output  # (2, 32) before projection
+        t = model.text_model(**tokens).pooler_output
+        targets = torch.eye(16)[:2]  # image/text i -> unit vector e_i
+        # solve W @ feature_i = e_i (least squares; exact since the two features are independent)
+        model.visual_projection.weight.copy_(targets.T @ torch.linalg.pinv(v.T))
+        model.text_projection.weight.copy_(targets.T @ torch.linalg.pinv(t.T))
+    model.save_pretrained(tmp_path)
+    scorer.processor.save_pretrained(tmp_path)
+
+    built = load_clip_scorer(tmp_path)
+    cat, coffee = images[:1], images[1:]
+    assert float(built.score(cat, TEXTS[0])[0]) == pytest.approx(100.0, abs=1e-2)
+    assert float(built.score(coffee, TEXTS[1])[0]) == pytest.approx(100.0, abs=1e-2)
+    assert float(built.score(cat, TEXTS[1])[0]) == pytest.approx(0.0, abs=1e-2)
+    assert float(built.score(coffee, TEXTS[0])[0]) < float(built.score(coffee, TEXTS[1])[0]) - 50
+
+
+def test_core_clip_score_missing_folder_says_how_to_get_one(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as err:
+        load_clip_scorer(tmp_path / "nothing")
+    assert OFFLINE_HINT in str(err.value)
+    assert "models/clip_score" in str(err.value)
