@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from psg_testing.metric_models import save_tiny_clip
 
 from psg_core.clip_score import OFFLINE_HINT, load_clip_scorer
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
-SD1_TOKENIZER = Path("~/ComfyUI/comfy/sd1_tokenizer").expanduser()
 TEXTS = ("a photo of a tabby cat", "a red cup of coffee")
 
 
@@ -27,29 +27,13 @@ def _photo(name: str) -> torch.Tensor:
     return torch.from_numpy(getattr(skimage.data, name)().astype(np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
-def _save_tiny_clip(folder: Path) -> None:
-    if not (SD1_TOKENIZER / "vocab.json").is_file():
-        pytest.skip(f"no CLIP tokenizer files at {SD1_TOKENIZER} (they ship with ComfyUI)")
-    tok = transformers.CLIPTokenizer(str(SD1_TOKENIZER / "vocab.json"), str(SD1_TOKENIZER / "merges.txt"))
-    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    cfg = transformers.CLIPConfig(
-        text_config={**tiny, "vocab_size": tok.vocab_size, "max_position_embeddings": 77,
-                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-                     "pad_token_id": tok.pad_token_id},
-        vision_config={**tiny, "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    transformers.CLIPModel(cfg).eval().save_pretrained(folder)
-    transformers.CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_clip")
-    _save_tiny_clip(folder)
-    return folder
+    try:
+        return save_tiny_clip(folder)
+    except LookupError as err:
+        pytest.skip(str(err))
 
 
 def test_core_clip_score_loads_offline_and_stays_in_range(clip_dir: Path) -> None:

@@ -1,0 +1,65 @@
+"""Tiny stand-ins for the metric models (no weights can be downloaded in tests).
+
+``save_tiny_clip(folder)``: a random 2-layer CLIP (hidden 32, projection 16, 32 px images)
+with the SD1 tokenizer that ships with ComfyUI, saved as a transformers folder, i.e. what
+``models/clip_score/<name>/`` holds for a real CLIP.
+``save_random_alexnet(folder)``: a seeded random AlexNet backbone under torchvision's file
+name, i.e. what ``models/lpips/`` holds for the PSG LPIPS Loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SD1_TOKENIZER = Path("~/ComfyUI/comfy/sd1_tokenizer").expanduser()
+ALEX_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def tokenizer_dir() -> Path | None:
+    """The SD1 CLIP tokenizer files of the ComfyUI source tree in use, if present."""
+    from psg_testing.host import find_comfyui_root
+
+    root = find_comfyui_root()
+    for candidate in ([root / "comfy" / "sd1_tokenizer"] if root else []) + [SD1_TOKENIZER]:
+        if (candidate / "vocab.json").is_file() and (candidate / "merges.txt").is_file():
+            return candidate
+    return None
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny random CLIP model + processor into ``folder``; raises LookupError without a tokenizer."""
+    import transformers
+
+    tok_dir = tokenizer_dir()
+    if tok_dir is None:
+        raise LookupError(f"no CLIP tokenizer files (vocab.json, merges.txt) at {SD1_TOKENIZER}; they ship with ComfyUI")
+    tok = transformers.CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"))
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    cfg = transformers.CLIPConfig(
+        text_config={**tiny, "vocab_size": tok.vocab_size, "max_position_embeddings": 77,
+                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                     "pad_token_id": tok.pad_token_id},
+        vision_config={**tiny, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
+        torch.manual_seed(seed)
+        transformers.CLIPModel(cfg).eval().save_pretrained(folder)
+    transformers.CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def save_random_alexnet(folder: Path, seed: int = 0) -> Path:
+    """A seeded random AlexNet ``features`` state dict under torchvision's checkpoint name."""
+    import torchvision
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
+        torch.manual_seed(seed)
+        features = torchvision.models.alexnet(weights=None).features.state_dict()
+    torch.save({f"features.{k}": v for k, v in features.items()}, folder / ALEX_FILE)
+    return folder / ALEX_FILE
