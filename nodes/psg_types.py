@@ -9,6 +9,8 @@ from comfy_api.latest import io
 
 PSGInversionType = io.Custom("PSG_INVERSION")
 PSGLpipsType = io.Custom("PSG_LPIPS")
+PSGLossesType = io.Custom("PSG_LOSSES")
+"""Per-step guidance losses: a list of floats (or {name: [floats]}); plotted by PSG Loss Plot."""
 
 TEXT_MODES = ("null-text optimisation", "negative-prompt", "direct offsets")
 

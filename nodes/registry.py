@@ -10,6 +10,7 @@ def all_nodes() -> list[type[io.ComfyNode]]:
     from .guider_nodes import PSGTriplePromptGuider
     from .inversion_nodes import PSGDDIMInversion, PSGTextGuidanceOptimize
     from .lpips_nodes import PSGLPIPSLoader
+    from .metrics import NODES as METRIC_NODES
     from .sampler_nodes import PSGPerceptualSampler
     from .storage_nodes import PSGLoadInversion, PSGSaveInversion
 
@@ -22,4 +23,5 @@ def all_nodes() -> list[type[io.ComfyNode]]:
         PSGEdit,
         PSGSaveInversion,
         PSGLoadInversion,
+        *METRIC_NODES,
     ]
