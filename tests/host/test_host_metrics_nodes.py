@@ -149,3 +149,14 @@ def test_host_metrics_nodes_grid_and_loss_plot_sizes(comfy_host, files, lpips_di
     assert len(losses) >= 1 and all(isinstance(v, float) for v in losses)
     assert tuple(result.output(plot.id).shape) == (1, 200, 320, 3)
     assert result.ui[preview.id]["images"]
+
+
+@pytest.mark.parametrize("node_id", ["PSGImageMetrics", "PSGCLIPScore", "PSGCompareGrid", "PSGLossPlot"])
+def test_host_metrics_nodes_registered_with_tooltips(comfy_host, node_id: str) -> None:
+    cls = comfy_host.node_class(node_id)
+    inputs = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, spec in inputs.get(section, {}).items():
+            assert (spec[1] if len(spec) > 1 else {}).get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) and all(cls.OUTPUT_TOOLTIPS)
+    assert cls.CATEGORY.startswith("PSG")
