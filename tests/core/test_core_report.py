@@ -172,3 +172,22 @@ def test_core_report_grid_and_plot_sizes() -> None:
         plots.loss_plot(["x"])
     with pytest.raises(ValueError, match="positive"):
         plots.comparison_grid(src, edit, vmax=0.0)
+
+
+def test_core_report_html_renders_in_headless_chromium(results: Path, tmp_path: Path) -> None:
+    """Optional: the page renders offline in a real browser (skipped without chromium)."""
+    import shutil
+    import subprocess
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless Chromium installed")
+    paths = report.write_report(results, tmp_path / "rep")
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                    f"--screenshot={shot}", "--window-size=1200,800", paths["html"].as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    assert shot.is_file(), "chromium wrote no screenshot"
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert pixels.shape[:2] == (800, 1200)
+    assert pixels.std() > 10  # thumbnails and tables drawn, not a blank page
