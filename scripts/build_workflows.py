@@ -7,6 +7,9 @@ Node definitions (socket types, widget order, defaults) come from the real host'
     .venv/bin/python scripts/build_workflows.py                 # ComfyUI at $COMFYUI_ROOT or ~/ComfyUI
     .venv/bin/python scripts/build_workflows.py --server http://127.0.0.1:8188
     .venv/bin/python scripts/build_workflows.py --check         # exit 1 if files are stale
+    .venv/bin/python scripts/build_workflows.py --frontend-thumbnails   # thumbnails = screenshots of
+        ComfyUI's own frontend (headless chromium, see scripts/setup_browser.sh; a temporary --cpu
+        server unless --server is given; uploads input/example.png there if it is missing)
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import json
 import logging
 import os
 import sys
+import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,13 +370,50 @@ def render_all(registry: dict[str, Any]) -> dict[Path, bytes]:
     return files
 
 
+def frontend_thumbnails(url: str, names: list[str]) -> None:
+    """Thumbnails as ComfyUI's frontend draws each workflow dropped on its canvas (the same page
+    driver as tests/host/test_host_frontend.py); refuses a workflow that does not load cleanly."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from psg_testing import browser
+    from psg_testing.cli_support import write_photo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        browser.ensure_input_image(url, "example.png", write_photo(Path(tmp) / "example.png", size=512))
+    with browser.ComfyFrontend.open(url) as frontend:
+        for name in names:
+            path = REPO / "workflows" / f"{name}.json"
+            problems = frontend.drop_workflow(path.name, path.read_text(encoding="utf-8")).problems()
+            if problems:
+                raise RuntimeError(f"{path.name} does not load cleanly in the frontend: {problems}")
+            print(frontend.graph_thumbnail(path.with_suffix(".jpg")).relative_to(REPO))
+
+
+def _temporary_server(stack: ExitStack, comfy_root: Path | None) -> str:
+    """A ``main.py --cpu`` with this pack (the test harness's server), stopped when ``stack`` closes."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from psg_testing.host_server import ComfyServer
+
+    server = ComfyServer.start(Path(stack.enter_context(tempfile.TemporaryDirectory())), comfy_root)
+    stack.callback(server.stop)
+    return server.url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", help="read node definitions from this ComfyUI server")
     parser.add_argument("--comfy-root", type=Path, help="ComfyUI folder to boot in-process (default $COMFYUI_ROOT or ~/ComfyUI)")
     parser.add_argument("--check", action="store_true", help="only compare with the files on disk")
+    parser.add_argument("--frontend-thumbnails", action="store_true",
+                        help="thumbnails = screenshots of ComfyUI's frontend instead of drawn diagrams")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    with ExitStack() as stack:
+        if args.frontend_thumbnails and not args.check and not args.server:
+            args.server = _temporary_server(stack, args.comfy_root)
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
     files = render_all(load_registry(args.server, args.comfy_root))
     stale = [p for p, data in files.items() if not p.is_file() or p.read_bytes() != data]
     if args.check:
@@ -381,9 +423,11 @@ def main() -> int:
     for path, data in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        if path.parent.name == "workflows":
+        if path.parent.name == "workflows" and not args.frontend_thumbnails:
             thumbnail(json.loads(data), path.with_suffix(".jpg"))
         print(path.relative_to(REPO))
+    if args.frontend_thumbnails:
+        frontend_thumbnails(args.server, [wf.name for wf in all_workflows()])
     return 0
 
 
