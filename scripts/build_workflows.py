@@ -147,6 +147,28 @@ Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workf
     ])
 
 
+def compare(name: str) -> Workflow:
+    """The one-node edit plus what a user needs to judge it: metrics, a difference grid, the loss curve."""
+    base = one_node_edit(name, roles.DEFAULT_CHECKPOINT, 50)
+    note = """PSG compare: edit, then measure and look.
+
+- PSG Edit: as in psg_edit (w_edit = edit strength, scale = LPIPS guidance, optional mask input: white = free to change).
+- PSG Image Metrics (photo vs edit): PSNR / SSIM / LPIPS over the whole image and bg_* outside the mask (PIE-Bench convention); the summary text shows in the node.
+- PSG Compare Grid: photo | edit | absolute-difference heatmap with a colour bar (max_difference 0 = auto; fix it to compare runs).
+- PSG Loss Plot: the LPIPS loss at each guided step; it should fall as guidance pulls the unedited content back to the photo.
+Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow """ + name
+    extra = [
+        Node("metrics", "PSGImageMetrics", "Metrics", {}, {"image_a": ("photo", 0), "image_b": ("edit", 0),
+                                                          "lpips": ("lpips", 0)}),
+        Node("diffgrid", "PSGCompareGrid", "Photo | edit | difference", {"max_difference": 0.0},
+             {"source": ("photo", 0), "edit": ("edit", 0)}),
+        Node("diffpreview", "PreviewImage", "Difference grid", {}, {"images": ("diffgrid", 0)}),
+        Node("lossplot", "PSGLossPlot", "Loss per step", {}, {"losses": ("edit", 2)}),
+        Node("losspreview", "PreviewImage", "Loss plot", {}, {"images": ("lossplot", 0)}),
+    ]
+    return Workflow(name, note, [n for n in base.nodes if n.key not in ("grid", "preview")] + extra)
+
+
 def all_workflows() -> list[Workflow]:
     return [
         one_node_edit("psg_edit", roles.DEFAULT_CHECKPOINT, 50),
@@ -154,6 +176,7 @@ def all_workflows() -> list[Workflow]:
                       "_sdxl --ckpt YOUR_SDXL.safetensors\nSDXL: use photos around 1024 px."),
         advanced("psg_advanced", reconstruct=False),
         advanced("psg_reconstruction", reconstruct=True),
+        compare("psg_compare"),
     ]
 
 
@@ -203,7 +226,7 @@ def _check(wf: Workflow, registry: dict[str, Any]) -> None:
                 raise SystemExit(f"{wf.name}: {n.key}.{name} links to unknown node {src}")
             out_type = registry[next(m.cls for m in wf.nodes if m.key == src)]["output"][slot]
             want = socket_type(spec_of(registry[n.cls], name)[0])
-            if out_type != want and "*" not in (out_type, want):
+            if out_type not in want.split(",") and "*" not in (out_type, want):  # "A,B" takes either
                 raise SystemExit(f"{wf.name}: {src}[{slot}] gives {out_type} but {n.key}.{name} takes {want}")
 
 

@@ -27,7 +27,7 @@ FAST = {"steps": 3, "inner_steps": 2}
 
 
 def test_host_workflows_are_shipped_in_pairs():
-    assert {"psg_edit", "psg_edit_sdxl", "psg_advanced", "psg_reconstruction"} <= set(NAMES)
+    assert {"psg_edit", "psg_edit_sdxl", "psg_advanced", "psg_reconstruction", "psg_compare"} <= set(NAMES)
     for name in NAMES:
         assert (WORKFLOWS / "api" / f"{name}.json").is_file(), f"{name}: no API twin"
         with Image.open(WORKFLOWS / f"{name}.jpg") as thumb:
@@ -79,9 +79,11 @@ def test_host_workflows_ui_matches_the_real_registry_and_its_api_twin(name, regi
         assert registry[nodes[src]["type"]]["output"][src_slot] == kind == out["type"]
         assert link_id in out["links"]
         socket = nodes[dst]["inputs"][dst_slot]
-        assert socket["link"] == link_id and socket["type"] == kind
+        # a multi-type socket is declared as "A,B" and accepts either
+        assert socket["link"] == link_id and kind in socket["type"].split(",")
         declared = _spec(registry[nodes[dst]["type"]], socket["name"])[0]
-        assert declared in (kind, "*"), f"{name}: link {link_id} carries {kind} into {socket['name']} ({declared})"
+        assert declared == "*" or kind in declared.split(","), \
+            f"{name}: link {link_id} carries {kind} into {socket['name']} ({declared})"
 
     assert set(api) == {str(n["id"]) for n in graph_nodes}, "API twin has other nodes"
     for node in graph_nodes:
@@ -157,7 +159,11 @@ def test_host_workflows_api_twin_runs_headless_through_the_cli(name, comfy_serve
     edited = read_pixels(tmp_path / "out" / "result.png")
     assert edited.shape == (128, 128, 3)
     settings = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert "Grid preview" in settings["outputs"], "the before|after preview was not produced"
+    if name == "psg_compare":
+        assert {"Difference grid", "Loss plot"} <= set(settings["outputs"]), settings["outputs"]
+        assert "psnr" in json.dumps(settings.get("metrics")), f"no metrics in the settings: {settings.get('metrics')}"
+    else:
+        assert "Grid preview" in settings["outputs"], "the before|after preview was not produced"
 
 
 def test_host_workflows_one_node_edit_takes_a_mask_from_the_cli(comfy_server, random_lpips, tmp_path):
