@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+bash scripts/setup_browser.sh   # Debian chromium + playwright for the frontend test; never fails the setup
 PY=.venv/bin/python
 echo "[test] ruff check ." >&2
 "$PY" -m ruff check .
