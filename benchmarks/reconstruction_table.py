@@ -14,7 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from psg_testing.analytic import AnalyticMixture  # noqa: E402
+from psg_testing.analytic import AnalyticMixture, inversion_sigmas  # noqa: E402
 
 from psg_core.ddim import ddim_invert, ddim_sample  # noqa: E402
 from psg_core.guidance import TextGuidance  # noqa: E402
@@ -24,12 +24,7 @@ from psg_core.spaces import NoiseSpace  # noqa: E402
 F64 = torch.float64
 
 
-def schedule(n: int, space: NoiseSpace) -> torch.Tensor:
-    if space is NoiseSpace.VE:
-        levels = torch.exp(torch.linspace(math.log(0.03), math.log(14.6), n, dtype=F64))
-    else:
-        levels = torch.linspace(1.0 / n, 1.0, n, dtype=F64)
-    return torch.cat([torch.zeros(1, dtype=F64), levels])
+schedule = inversion_sigmas
 
 
 def problem(space: NoiseSpace, seed: int = 0):

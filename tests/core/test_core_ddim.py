@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from psg_testing.analytic import AnalyticMixture
+from psg_testing.analytic import AnalyticMixture, inversion_sigmas
 
 from psg_core.ddim import ddim_invert, ddim_sample
 from psg_core.guidance import TextGuidance
@@ -15,13 +15,7 @@ from psg_core.spaces import NoiseSpace
 F64 = torch.float64
 
 
-def schedule(n: int, space: NoiseSpace) -> torch.Tensor:
-    """Ascending inversion sigmas with a leading 0: SD-like log-spaced for VE, uniform up to 1 for FLOW."""
-    if space is NoiseSpace.VE:
-        levels = torch.exp(torch.linspace(math.log(0.03), math.log(14.6), n, dtype=F64))
-    else:
-        levels = torch.linspace(1.0 / n, 1.0, n, dtype=F64)
-    return torch.cat([torch.zeros(1, dtype=F64), levels])
+schedule = inversion_sigmas
 
 
 def setup(space: NoiseSpace, seed: int = 0) -> tuple[AnalyticMixture, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

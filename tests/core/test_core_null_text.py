@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from psg_testing.analytic import AnalyticMixture
+from psg_testing.analytic import AnalyticMixture, inversion_sigmas
 
 from psg_core.ddim import ddim_invert, ddim_sample
 from psg_core.guidance import TextGuidance
@@ -15,13 +15,7 @@ F64 = torch.float64
 SCALE = 7.5
 
 
-def schedule(n: int, space: NoiseSpace) -> torch.Tensor:
-    if space is NoiseSpace.VE:
-        levels = torch.exp(torch.linspace(torch.log(torch.tensor(0.03)).item(), torch.log(torch.tensor(14.6)).item(),
-                                          n, dtype=F64))
-    else:
-        levels = torch.linspace(1.0 / n, 1.0, n, dtype=F64)
-    return torch.cat([torch.zeros(1, dtype=F64), levels])
+schedule = inversion_sigmas
 
 
 def case(space: NoiseSpace, n: int = 25, seed: int = 0):

@@ -90,3 +90,12 @@ class AnalyticMixture:
         target = -strength * torch.ones(self.means.shape[0], dtype=self.weight.dtype)
         target[k] = strength
         return torch.linalg.lstsq(self.weight, target.unsqueeze(-1)).solution.squeeze(-1).unsqueeze(0)
+
+
+def inversion_sigmas(n: int, space: NoiseSpace, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Ascending test schedule with a leading 0: SD-like log-spaced 0.03..14.6 for VE, uniform up to 1 for FLOW."""
+    if space is NoiseSpace.VE:
+        levels = torch.exp(torch.linspace(math.log(0.03), math.log(14.6), n, dtype=dtype))
+    else:
+        levels = torch.linspace(1.0 / n, 1.0, n, dtype=dtype)
+    return torch.cat([torch.zeros(1, dtype=dtype), levels])
