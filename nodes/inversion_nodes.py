@@ -115,7 +115,8 @@ def optimise_text(
         elif mode == TEXT_MODES[1]:
             result["nulls"] = negative_prompt_nulls(traj, src)
         else:
-            result["offsets"] = direct_inversion_offsets(h.denoise, traj, src, nul, guidance_scale=guidance_scale)
+            result["offsets"] = direct_inversion_offsets(h.denoise, traj, src, nul, guidance_scale=guidance_scale,
+                                                         callback=report)
         return h.latent
 
     zeros = torch.zeros(inv.latent_shape)
