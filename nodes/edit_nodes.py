@@ -10,7 +10,7 @@ import torch
 from comfy_api.latest import io
 
 from ..psg_core.perceptual import DEFAULT_SCALE
-from . import host
+from . import host, validation
 from .guider_nodes import make_guider
 from .inversion_nodes import invert, optimise_text
 from .psg_types import TEXT_MODES, PSGLpipsType
@@ -25,6 +25,7 @@ NO_OPTIMISATION = "none"
 def encode(vae, image: torch.Tensor) -> torch.Tensor:
     """Like VAEEncode: IMAGE (B, H, W, C) -> LATENT samples."""
     host.image_to_bchw(image, NODE)
+    validation.check_image_size(image, NODE)
     return vae.encode(image[:, :, :, :3])
 
 
@@ -76,6 +77,7 @@ class PSGEdit(io.ComfyNode):
             host.embedding_of(cond, name, NODE)
         settings = PerceptualSettings(scale=scale, start=start, end=end, every=1, through_model=False)
         settings.validate(NODE)
+        validation.check_mask_batch(mask, image.shape[0], NODE)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             samples = encode(vae, image)
@@ -94,6 +96,7 @@ class PSGEdit(io.ComfyNode):
             losses = list(sampler.sampler_function.losses)
         out = out.to(comfy.model_management.intermediate_device())
         decoded = vae.decode(out)
+        comfy.model_management.throw_exception_if_processing_interrupted()  # cancelled while decoding
         if decoded.ndim == 5:  # video VAEs return (B, T, H, W, C)
             decoded = decoded.reshape(-1, *decoded.shape[-3:])
         return io.NodeOutput(decoded, {"samples": out}, losses or [0.0])

@@ -67,8 +67,12 @@ def detect_family(model: Any, node: str) -> ModelFamily:
     elif isinstance(sampling, (ms.EPS, ms.V_PREDICTION)) and not isinstance(sampling, refused):
         space = NoiseSpace.VE
     else:
+        prediction = next((c.__name__ for c in type(sampling).__mro__
+                           if c.__module__ == ms.__name__ and not c.__name__.startswith("ModelSampling")),
+                          type(sampling).__name__)
         raise ValueError(
-            f"{node}: model type {type_name} (sampling {type(sampling).__name__}) is not supported. "
+            f"{node}: model type {type_name} with {prediction} prediction (sampling {type(sampling).__name__}) "
+            "is not supported. "
             "PSG works with EPS and V_PREDICTION models (SD1.x, SD2.x, SDXL) and flow models (SD3, Flux); "
             "load one of those, or remove a ModelSampling patch that switched the prediction type."
         )
@@ -366,10 +370,13 @@ class DifferentiableDecoder:
         return ((image.float() + 1.0) / 2.0)
 
 
-def image_to_bchw(image: torch.Tensor, node: str) -> torch.Tensor:
+def image_to_bchw(image: torch.Tensor, node: str, name: str = "image") -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, C) in [0, 1] -> (B, 3, H, W) float32, normal tensor."""
+    from .validation import check_finite
+
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] < 3:
         raise ValueError(f"{node}: expected an IMAGE (batch, height, width, channels), got {getattr(image, 'shape', image)}.")
+    check_finite(image, name, node)
     return normal_tensor(image[..., :3]).float().movedim(-1, 1)
 
 

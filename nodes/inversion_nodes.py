@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from . import host
+from . import host, validation
 from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, check_matches
 
 logger = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ def latent_samples(latent: Any, node: str) -> torch.Tensor:
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not torch.is_tensor(samples) or samples.ndim != 4:
         raise ValueError(f"{node}: the 'latent' input must be an image LATENT (e.g. from VAE Encode).")
+    validation.check_finite(samples, "latent", node)
     return samples
 
 

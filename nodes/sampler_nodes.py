@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from ..psg_core.perceptual import DEFAULT_SCALE, PerceptualGuidance
-from . import host
+from . import host, validation
 from .lpips_nodes import LpipsHandle
 from .psg_types import PSGInversion, PSGInversionType, PSGLpipsType, check_matches
 
@@ -56,7 +56,7 @@ def build_perceptual(
     decode = host.DifferentiableDecoder(vae, process_latent_out, node)
     ratio = _spatial_ratio(vae)
     size = (latent_hw[0] * ratio, latent_hw[1] * ratio)
-    ref = host.image_to_bchw(reference, node).to(decode.device)  # the core resizes it if needed
+    ref = host.image_to_bchw(reference, node, "reference").to(decode.device)  # the core resizes it if needed
     mask_t = host.mask_to_b1hw(mask, *size)
     if mask_t is not None:
         mask_t = mask_t.to(decode.device)
@@ -172,4 +172,5 @@ class PSGPerceptualSampler(io.ComfyNode):
     def execute(cls, vae, reference, lpips, scale, start, end, every, gradient, mask=None, inversion=None) -> io.NodeOutput:
         settings = PerceptualSettings(scale=scale, start=start, end=end, every=every,
                                       through_model=gradient == GRADIENT_PATHS[1])
+        validation.check_mask_batch(mask, reference.shape[0], NODE)
         return io.NodeOutput(make_sampler(vae, reference, lpips, settings, mask, inversion))

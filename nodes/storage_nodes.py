@@ -57,7 +57,15 @@ def to_file(inv: PSGInversion, path: str) -> None:
         "mode": inv.mode or "",
         "guidance_scale": "" if inv.guidance_scale is None else repr(inv.guidance_scale),
     }
-    save_file({k: v.detach().to("cpu") for k, v in tensors.items()}, path, metadata=meta)
+    # write a temp name (not *.safetensors, so never listed) and rename: no half-written inversions
+    part = f"{path}.part"
+    try:
+        save_file({k: v.detach().to("cpu") for k, v in tensors.items()}, part, metadata=meta)
+        os.replace(part, path)
+    except BaseException:
+        if os.path.exists(part):
+            os.remove(part)
+        raise
 
 
 def from_file(path: str, node: str) -> PSGInversion:
@@ -68,7 +76,7 @@ def from_file(path: str, node: str) -> PSGInversion:
             meta = f.metadata() or {}
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{node}: {name} is not a readable safetensors file ({exc}).") from None
+        raise ValueError(f"{node}: {name} is not a readable safetensors file ({exc}); pick another file or save the inversion again.") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{node}: {name} is not a PSG inversion (no '{FORMAT}' metadata); save one with {SAVE_NODE}.")
     if meta.get("version") != VERSION:
