@@ -1,0 +1,41 @@
+"""Random-weight TAESD files in a ``models/vae_approx`` folder, so ComfyUI's own ``VAELoader``
+offers and loads ``taesd`` / ``taesdxl`` / ``taesd3`` / ``taef1`` in tests and stand-in benchmarks
+(the real files cannot be downloaded here). The architecture is ComfyUI's ``comfy.taesd.taesd``;
+only the weights are random (seeded, so runs repeat)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+logger = logging.getLogger(__name__)
+
+LATENT_CHANNELS = {"taesd": 4, "taesdxl": 4, "taesd3": 16, "taef1": 16}
+"""``VAELoader`` name -> latent channels of the model family it belongs to."""
+
+
+def write_random_taesd(vae_approx: Path, names: tuple[str, ...] = ("taesd", "taesdxl"), seed: int = 0) -> list[Path]:
+    """Write ``<name>_encoder.safetensors`` and ``<name>_decoder.safetensors`` (idempotent);
+    returns the paths. Needs ComfyUI importable (``comfy.taesd.taesd``)."""
+    from comfy.taesd.taesd import Decoder, Encoder
+
+    vae_approx.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        channels = LATENT_CHANNELS[name]
+        for part, make in (("encoder", Encoder), ("decoder", Decoder)):
+            path = vae_approx / f"{name}_{part}.safetensors"
+            written.append(path)
+            if path.is_file():
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                state = {k: v.contiguous() for k, v in make(latent_channels=channels).state_dict().items()}
+            tmp = path.with_suffix(".part")
+            save_file(state, str(tmp))
+            tmp.replace(path)
+            logger.info("wrote random-weight %s", path)
+    return written
