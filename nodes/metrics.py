@@ -201,7 +201,7 @@ class PSGCLIPScore(io.ComfyNode):
         try:
             scorer = _scorer(path)
         except (FileNotFoundError, ImportError) as err:
-            raise RuntimeError(f"{cls.NODE}: {err}") from None
+            raise RuntimeError(f"{cls.NODE}: {str(err).removeprefix('CLIPScore: ')}") from None
         scores = scorer.score(host.image_to_bchw(image, cls.NODE), text)
         value = float(scores.mean())
         summary = f"CLIPScore: {value:.2f}" + (f" (mean of {scores.numel()})" if scores.numel() > 1 else "")

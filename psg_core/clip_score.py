@@ -21,10 +21,9 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 OFFLINE_HINT = (
-    "CLIPScore needs a CLIP model saved as a transformers folder (config.json, model weights, tokenizer and "
-    "preprocessor_config.json), e.g. `CLIPModel.from_pretrained('openai/clip-vit-large-patch14')` followed by "
-    "`.save_pretrained(DIR)` and the same for `CLIPProcessor`, done on a machine with internet; then copy DIR "
-    "into ComfyUI/models/clip_score/ (nothing is downloaded at run time)."
+    "Put a CLIP transformers folder (config.json, weights, tokenizer, preprocessor_config.json) into "
+    "ComfyUI/models/clip_score/: save one where there is internet with CLIPModel and CLIPProcessor "
+    ".from_pretrained('openai/clip-vit-large-patch14').save_pretrained(DIR). Nothing is downloaded at run time."
 )
 
 
@@ -96,7 +95,8 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
         model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
         processor = CLIPProcessor.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"CLIPScore: could not load a CLIP model from {folder}: {err}. {OFFLINE_HINT}") from err
+        reason = str(err).splitlines()[0].replace(str(folder), "it")[:160]
+        raise FileNotFoundError(f"CLIPScore: could not load a CLIP model from {folder} ({reason}). {OFFLINE_HINT}") from err
     model = model.to(device).eval()
     logger.info("CLIPScore model loaded from %s", folder)
     return ClipScorer(model=model, processor=processor, path=str(folder))
