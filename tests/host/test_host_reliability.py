@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -653,3 +654,24 @@ def test_host_reliability_bitwise_deterministic_across_runs_and_restart(server, 
         restarted.stop()
     assert torch.equal(first, fresh), float((first - fresh).abs().max())
     assert first_losses == fresh_losses
+
+
+# --------------------------------------------------------------------------- soak (benchmark smoke)
+
+
+def test_host_reliability_soak_benchmark_measures_a_short_queue(server):
+    """benchmarks/soak.py's measuring code on the session server with 3 queued edits: every run
+    gets a peak RSS, the table carries the verdict rows (the 50-run figures are in RESULTS.md)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("psg_soak", host.REPO_ROOT / "benchmarks" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = soak  # dataclasses look their module up
+    spec.loader.exec_module(soak)
+    files_before = soak.count_files(server.base_dir)
+    samples = soak.soak(server, runs=3, timeout_s=120)
+    assert [s.index for s in samples] == [1, 2, 3]
+    assert all(s.peak_rss >= s.end_rss > 0 and s.fds > 0 for s in samples), samples
+    text, ok = soak.table(samples, first=1, settled=0, files_before=files_before)
+    assert "server peak RSS" in text and "files in temp/ + output/" in text
+    assert ok, text
