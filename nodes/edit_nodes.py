@@ -14,7 +14,13 @@ from . import host, validation
 from .guider_nodes import make_guider
 from .inversion_nodes import invert, optimise_text
 from .psg_types import TEXT_MODES, PSGLpipsType
-from .sampler_nodes import PerceptualSettings, make_sampler
+from .sampler_nodes import (
+    GUIDANCE_RESOLUTION_TOOLTIP,
+    GUIDANCE_RESOLUTIONS,
+    GUIDANCE_VAE_TOOLTIP,
+    PerceptualSettings,
+    make_sampler,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +47,13 @@ class PSGEdit(io.ComfyNode):
             description=(
                 "Edits a real photo with a text prompt: DDIM inversion under the source caption, text-guidance "
                 "optimisation, triple-prompt guidance (null / source / edit) and LPIPS perceptual-similarity "
-                "guidance towards the photo. Same inputs, same output."
+                "guidance towards the photo. Same inputs, same output. A guidance_vae (Load VAE -> taesd) and/or "
+                "guidance_resolution 1/2 make the perceptual steps much cheaper; the result is always decoded "
+                "with the main vae."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL, SD3 or Flux)."),
-                io.Vae.Input("vae", tooltip="The model's VAE (encodes the photo, decodes x0 estimates and the result)."),
+                io.Vae.Input("vae", tooltip="The model's VAE: encodes the photo and decodes the result (and the x0 estimates for LPIPS unless a guidance_vae is connected)."),
                 io.Image.Input("image", tooltip="The real photo to edit; sides a multiple of 8 (64 for best results)."),
                 io.Conditioning.Input("null", tooltip="The null (empty) prompt."),
                 io.Conditioning.Input("source", tooltip="A caption of the photo (source prompt)."),
@@ -62,6 +70,8 @@ class PSGEdit(io.ComfyNode):
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance stops."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False, tooltip="Seed for anything random; the method itself is deterministic, same inputs give the same output."),
                 io.Mask.Input("mask", optional=True, tooltip="Optional: 1 = region to edit freely, 0 = region kept close to the photo by LPIPS."),
+                io.Vae.Input("guidance_vae", optional=True, tooltip=GUIDANCE_VAE_TOOLTIP),
+                io.Combo.Input("guidance_resolution", options=list(GUIDANCE_RESOLUTIONS), default="full", optional=True, tooltip=GUIDANCE_RESOLUTION_TOOLTIP),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The edited photo."),
@@ -72,11 +82,14 @@ class PSGEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, image, null, source, edit, lpips, steps, scheduler, w_source, w_edit,
-                text_optimisation, inner_steps, scale, start, end, seed, mask=None) -> io.NodeOutput:
+                text_optimisation, inner_steps, scale, start, end, seed, mask=None, guidance_vae=None,
+                guidance_resolution="full") -> io.NodeOutput:
         for name, cond in (("null", null), ("source", source), ("edit", edit)):
             host.embedding_of(cond, name, NODE)
-        settings = PerceptualSettings(scale=scale, start=start, end=end, every=1, through_model=False)
+        settings = PerceptualSettings(scale=scale, start=start, end=end, every=1, through_model=False,
+                                      resolution=guidance_resolution or "full")
         settings.validate(NODE)
+        validation.check_guidance_vae(guidance_vae, model, NODE)  # before the slow inversion
         validation.check_mask_batch(mask, image.shape[0], NODE)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -87,7 +100,7 @@ class PSGEdit(io.ComfyNode):
                                     guidance_scale=w_source + w_edit, inner_steps=inner_steps, tolerance=1e-5,
                                     node=NODE)
             guider = make_guider(model, null, source, edit, w_source, w_edit, inv, node=NODE)
-            sampler = make_sampler(vae, image, lpips, settings, mask, inv)
+            sampler = make_sampler(vae, image, lpips, settings, mask, inv, guidance_vae, node=NODE)
             sigmas = inv.sigmas.flip(0).clone()
             start_latent = model.model.process_latent_out(inv.noise.clone())
             callback = latent_preview.prepare_callback(model, steps)

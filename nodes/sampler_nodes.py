@@ -19,6 +19,25 @@ logger = logging.getLogger(__name__)
 
 NODE = "PSG Perceptual Sampler"
 GRADIENT_PATHS = ("x0 (fast)", "through model (DPS)")
+GUIDANCE_RESOLUTIONS: dict[str, int] = {"full": 1, "1/2": 2, "1/4": 4}
+"""``guidance_resolution`` option -> latent downscale factor for the perceptual decode + LPIPS."""
+MIN_GUIDANCE_SIDE = 32
+"""Smallest guidance image side (px) LPIPS' backbones can take (AlexNet's pooling needs ~32)."""
+NO_GUIDANCE_VAE_HINT = (
+    "%s: no guidance_vae: decoding x0 through the full VAE for the LPIPS gradient; a TAESD guidance VAE "
+    "(VAELoader -> taesd / taesdxl / taesd3 / taef1) makes a guided step about 1.1x a plain step instead of "
+    "about 2-3x"
+)
+GUIDANCE_VAE_TOOLTIP = (
+    "Optional: a small VAE used ONLY for the perceptual gradient, e.g. Load VAE (VAELoader) -> taesd (SD1.x/2.x), "
+    "taesdxl (SDXL), taesd3 (SD3), taef1 (Flux): a guided step then costs about 1.1x a plain step instead of 2-3x. "
+    "The final image always decodes with the main VAE. Unconnected: the main VAE is used."
+)
+GUIDANCE_RESOLUTION_TOOLTIP = (
+    "Decode the x0 estimate and measure LPIPS at full, half or quarter resolution (the latent is downscaled "
+    "before decoding; reference and mask follow). 1/2 is cheaper with a full VAE and keeps the broad look; "
+    "the result itself is always full size."
+)
 
 
 @dataclass(frozen=True)
@@ -30,8 +49,12 @@ class PerceptualSettings:
     end: float
     every: int
     through_model: bool
+    resolution: str = "full"
 
     def validate(self, node: str) -> None:
+        if self.resolution not in GUIDANCE_RESOLUTIONS:
+            raise ValueError(f"{node}: guidance_resolution must be one of {', '.join(GUIDANCE_RESOLUTIONS)} "
+                             f"(got {self.resolution!r}).")
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise ValueError(f"{node}: need 0 <= start <= end <= 1 (got start {self.start}, end {self.end}).")
         if self.every < 1:
@@ -47,15 +70,29 @@ def build_perceptual(
     process_latent_out: Any,
     latent_hw: tuple[int, int],
     node: str,
+    guidance_vae: Any = None,
 ) -> Any:
     """A ``psg_core.PerceptualGuidance`` whose decode/LPIPS run on the host device in a
-    gradient-safe dtype; the mask is resized to the decoded size."""
+    gradient-safe dtype, through ``guidance_vae`` when given (else ``vae``), at the settings'
+    guidance resolution; the mask is resized to the decoded size (the core resizes the reference)."""
 
     if not isinstance(lpips, LpipsHandle):
         raise ValueError(f"{node}: the 'lpips' input must come from the PSG LPIPS Loader node.")
-    decode = host.DifferentiableDecoder(vae, process_latent_out, node)
-    ratio = _spatial_ratio(vae)
-    size = (latent_hw[0] * ratio, latent_hw[1] * ratio)
+    decoder_vae = vae if guidance_vae is None else guidance_vae
+    factor = GUIDANCE_RESOLUTIONS[settings.resolution]
+    ratio = _spatial_ratio(decoder_vae)
+    reduced = host.reduced_size(latent_hw[0], latent_hw[1], factor)
+    size = (reduced[0] * ratio, reduced[1] * ratio)
+    if factor > 1 and min(size) < MIN_GUIDANCE_SIDE:
+        raise ValueError(
+            f"{node}: guidance_resolution {settings.resolution} makes the guidance image {size[1]}x{size[0]} px; "
+            f"LPIPS needs at least {MIN_GUIDANCE_SIDE} px per side. Use 'full' (or '1/2') for an image this small."
+        )
+    if guidance_vae is None:
+        logger.info(NO_GUIDANCE_VAE_HINT, node)
+    decode = host.DifferentiableDecoder(decoder_vae, process_latent_out, node, downscale=factor,
+                                        name="vae" if guidance_vae is None else "guidance_vae")
+    logger.debug("%s: perceptual guidance decodes through %s at %dx%d px", node, decode.kind, size[1], size[0])
     ref = host.image_to_bchw(reference, node, "reference").to(decode.device)  # the core resizes it if needed
     mask_t = host.mask_to_b1hw(mask, *size)
     if mask_t is not None:
@@ -82,8 +119,11 @@ def _spatial_ratio(vae: Any) -> int:
 class _PerceptualSampling:
     """The KSAMPLER function: ``psg_core.ddim_sample`` over the GUIDER's combined x0."""
 
-    def __init__(self, vae, reference, lpips, settings: PerceptualSettings, mask, inversion: PSGInversion | None):
+    def __init__(self, vae, reference, lpips, settings: PerceptualSettings, mask, inversion: PSGInversion | None,
+                 guidance_vae: Any = None, node: str = NODE):
         self.vae = vae
+        self.guidance_vae = guidance_vae
+        self.node = node
         self.reference = reference
         self.lpips = lpips
         self.settings = settings
@@ -97,7 +137,8 @@ class _PerceptualSampling:
         extra_args = extra_args or {}
         guider = model.inner_model
         base = guider.inner_model
-        family = host.detect_family(guider.model_patcher, NODE)
+        family = host.detect_family(guider.model_patcher, self.node)
+        validation.check_guidance_vae(self.guidance_vae, guider.model_patcher, self.node)
         with host.grad_context(), host.frozen(base):
             x = host.normal_tensor(x)
             sigmas = host.normal_tensor(sigmas).float()
@@ -106,7 +147,8 @@ class _PerceptualSampling:
             perceptual = None
             if self.settings.scale > 0:
                 perceptual = build_perceptual(self.vae, self.reference, self.lpips, self.settings, self.mask,
-                                              base.process_latent_out, tuple(x.shape[-2:]), NODE)
+                                              base.process_latent_out, tuple(x.shape[-2:]), self.node,
+                                              self.guidance_vae)
             if perceptual is not None and self.settings.through_model:
                 host.make_grad_safe(base.diffusion_model)
 
@@ -123,19 +165,21 @@ class _PerceptualSampling:
         """Flow models scale the incoming latent by (1 - sigma) (noise_scaling), so the inverted
         noise must come from the inversion itself; the schedule must be the inversion's."""
         inv = self.inversion
-        check_matches(inv, family.name, NODE, latent_shape=tuple(x.shape))
+        check_matches(inv, family.name, self.node, latent_shape=tuple(x.shape))
         expected = inv.sigmas.flip(0).to(sigmas)
         if sigmas.shape != expected.shape or not torch.allclose(sigmas, expected, rtol=1e-3, atol=1e-5):
             raise ValueError(
-                f"{NODE}: the SIGMAS differ from the inversion's schedule ({inv.steps} steps, {inv.scheduler}); "
+                f"{self.node}: the SIGMAS differ from the inversion's schedule ({inv.steps} steps, {inv.scheduler}); "
                 "use BasicScheduler with the same scheduler and steps and denoise 1.0."
             )
         return inv.noise.to(x.device, x.dtype)
 
 
-def make_sampler(vae, reference, lpips, settings: PerceptualSettings, mask=None, inversion=None) -> Any:
-    settings.validate(NODE)
-    fn = _PerceptualSampling(vae, reference, lpips, settings, mask, inversion)
+def make_sampler(vae, reference, lpips, settings: PerceptualSettings, mask=None, inversion=None,
+                 guidance_vae=None, node: str = NODE) -> Any:
+    """The KSAMPLER; ``node`` names the node in its error messages."""
+    settings.validate(node)
+    fn = _PerceptualSampling(vae, reference, lpips, settings, mask, inversion, guidance_vae, node)
     return comfy.samplers.KSAMPLER(fn)
 
 
@@ -151,10 +195,12 @@ class PSGPerceptualSampler(io.ComfyNode):
             description=(
                 "DDIM (eta 0) that, at guided steps, decodes the Tweedie x0 estimate with the VAE, measures "
                 "LPIPS to the reference image and steps the latent towards it, so the edit keeps the "
-                "photo's look. Use with SamplerCustomAdvanced, Disable Noise and the inverted noise latent."
+                "photo's look. Use with SamplerCustomAdvanced, Disable Noise and the inverted noise latent. "
+                "A guidance_vae (Load VAE -> taesd) and/or guidance_resolution 1/2 make guided steps much "
+                "cheaper; the output image is decoded downstream with the main VAE as usual."
             ),
             inputs=[
-                io.Vae.Input("vae", tooltip="The VAE that decodes x0 estimates for the LPIPS loss (the one that encoded the image)."),
+                io.Vae.Input("vae", tooltip="The model's VAE (the one that encoded the image); decodes x0 estimates for the LPIPS loss unless a guidance_vae is connected."),
                 io.Image.Input("reference", tooltip="The real image the edit should stay perceptually close to (usually the input photo)."),
                 PSGLpipsType.Input("lpips", tooltip="The LPIPS network, from PSG LPIPS Loader."),
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, tooltip="Strength of the perceptual step (normalised across models and sizes). 0 disables it; 0.5-2 typical; higher keeps more of the photo but weakens the edit."),
@@ -164,13 +210,17 @@ class PSGPerceptualSampler(io.ComfyNode):
                 io.Combo.Input("gradient", options=list(GRADIENT_PATHS), default=GRADIENT_PATHS[0], tooltip="x0 (fast): gradient w.r.t. the x0 estimate only, no UNet backward. through model (DPS): w.r.t. the noisy latent through the UNet, slower and heavier."),
                 io.Mask.Input("mask", optional=True, tooltip="Optional: 1 = region to edit freely, 0 = region kept close to the reference."),
                 PSGInversionType.Input("inversion", optional=True, tooltip="Optional: start from this inversion's noise (required for flow models: SD3/Flux). The SIGMAS must match its schedule."),
+                io.Vae.Input("guidance_vae", optional=True, tooltip=GUIDANCE_VAE_TOOLTIP),
+                io.Combo.Input("guidance_resolution", options=list(GUIDANCE_RESOLUTIONS), default="full", optional=True, tooltip=GUIDANCE_RESOLUTION_TOOLTIP),
             ],
             outputs=[io.Sampler.Output(tooltip="A SAMPLER for SamplerCustomAdvanced.")],
         )
 
     @classmethod
-    def execute(cls, vae, reference, lpips, scale, start, end, every, gradient, mask=None, inversion=None) -> io.NodeOutput:
+    def execute(cls, vae, reference, lpips, scale, start, end, every, gradient, mask=None, inversion=None,
+                guidance_vae=None, guidance_resolution="full") -> io.NodeOutput:
         settings = PerceptualSettings(scale=scale, start=start, end=end, every=every,
-                                      through_model=gradient == GRADIENT_PATHS[1])
+                                      through_model=gradient == GRADIENT_PATHS[1],
+                                      resolution=guidance_resolution or "full")
         validation.check_mask_batch(mask, reference.shape[0], NODE)
-        return io.NodeOutput(make_sampler(vae, reference, lpips, settings, mask, inversion))
+        return io.NodeOutput(make_sampler(vae, reference, lpips, settings, mask, inversion, guidance_vae))

@@ -43,3 +43,70 @@ def check_mask_batch(mask: torch.Tensor | None, batch: int, node: str) -> None:
             f"{node}: the mask has a batch of {count} but the image a batch of {batch}; "
             "use one mask, or one per image."
         )
+
+
+# --------------------------------------------------------------------------- guidance VAE
+TAESD_FAMILIES: tuple[tuple[str, float, float, str], ...] = (
+    ("taesd", 0.18215, 0.0, "SD1.x/SD2.x"),
+    ("taesdxl", 0.13025, 0.0, "SDXL"),
+    ("taesd3", 1.5305, 0.0609, "SD3"),
+    ("taef1", 0.3611, 0.1159, "Flux"),
+)
+"""ComfyUI's ``VAELoader`` TAESD names with the ``vae_scale`` / ``vae_shift`` it gives each (the
+model family's latent ``scale_factor`` / ``shift_factor``) and the family they belong to."""
+
+_LATENT_FORMAT_LABELS = {"SD15": "SD1.x/SD2.x", "SDXL": "SDXL", "SD3": "SD3", "Flux": "Flux"}
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-3 * max(1.0, abs(b))
+
+
+def _taesd_by_scale(scale: float, shift: float) -> tuple[str, float, float, str] | None:
+    return next((row for row in TAESD_FAMILIES if _same(scale, row[1]) and _same(shift, row[2])), None)
+
+
+def _taesd_scale_shift(first_stage_model: object) -> tuple[float, float] | None:
+    """``(vae_scale, vae_shift)`` of a TAESD (``comfy.taesd.taesd.TAESD``), None for other VAEs."""
+    import comfy.taesd.taesd
+
+    if not isinstance(first_stage_model, comfy.taesd.taesd.TAESD):
+        return None
+    return float(first_stage_model.vae_scale), float(first_stage_model.vae_shift)
+
+
+def check_guidance_vae(guidance_vae: object | None, model: object, node: str) -> None:
+    """Refuse a guidance VAE that cannot decode this model's latents: other latent channels, or a
+    TAESD of another family (its scale/shift would turn the x0 estimate into a wrong image and the
+    LPIPS gradient would pull towards noise). One message naming what to plug instead."""
+    if guidance_vae is None:
+        return
+    fsm = getattr(guidance_vae, "first_stage_model", None)
+    if fsm is None or not hasattr(fsm, "decode"):
+        raise ValueError(
+            f"{node}: the 'guidance_vae' input is not an image VAE with a decoder; connect a Load VAE "
+            "(VAELoader) output such as taesd, or leave it unconnected."
+        )
+    latent_format = getattr(getattr(model, "model", None), "latent_format", None)
+    if latent_format is None:
+        return  # not a diffusion model: detect_family reports that
+    model_channels = int(getattr(latent_format, "latent_channels", 4))
+    model_scale = float(getattr(latent_format, "scale_factor", 1.0))
+    model_shift = float(getattr(latent_format, "shift_factor", 0.0) or 0.0)
+    wanted = _taesd_by_scale(model_scale, model_shift)
+    fmt = type(latent_format).__name__
+    model_label = wanted[3] if wanted else _LATENT_FORMAT_LABELS.get(fmt, f"{fmt} latents")
+    fix = (f"load {wanted[0]} with VAELoader (Load VAE) or leave guidance_vae unconnected" if wanted
+           else "use the model's own VAE or leave guidance_vae unconnected")
+    taesd = _taesd_scale_shift(fsm)
+    known = _taesd_by_scale(*taesd) if taesd else None
+    label = (f"{known[0]} ({known[3]})" if known
+             else f"a TAESD with scale {taesd[0]:g} / shift {taesd[1]:g}" if taesd else f"a {type(fsm).__name__} VAE")
+    channels = getattr(guidance_vae, "latent_channels", None)
+    if isinstance(channels, int) and channels != model_channels:
+        raise ValueError(
+            f"{node}: guidance_vae is {label} with {channels} latent channels but the model ({model_label}) "
+            f"has {model_channels}; {fix}."
+        )
+    if taesd is not None and not (_same(taesd[0], model_scale) and _same(taesd[1], model_shift)):
+        raise ValueError(f"{node}: guidance_vae is {label} but the model is {model_label}; {fix}.")

@@ -6,10 +6,13 @@ only the weights are random (seeded, so runs repeat)."""
 from __future__ import annotations
 
 import logging
+import zlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+
+from .tiny_models import init_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +32,22 @@ def write_random_taesd(vae_approx: Path, names: tuple[str, ...] = ("taesd", "tae
         for part, make in (("encoder", Encoder), ("decoder", Decoder)):
             path = vae_approx / f"{name}_{part}.safetensors"
             written.append(path)
-            if path.is_file():
+            if path.is_file() and _finite(path):
                 continue
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                state = {k: v.contiguous() for k, v in make(latent_channels=channels).state_dict().items()}
+            module = make(latent_channels=channels)
+            # comfy.ops.disable_weight_init leaves the weights uninitialised (garbage / NaN): set them
+            init_parameters(module, torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(path.name.encode())))
+            state = {k: v.contiguous() for k, v in module.state_dict().items()}
             tmp = path.with_suffix(".part")
             save_file(state, str(tmp))
             tmp.replace(path)
             logger.info("wrote random-weight %s", path)
     return written
+
+
+def _finite(path: Path) -> bool:
+    """False for a file written before the weights were initialised (NaN), so it is rewritten."""
+    try:
+        return all(bool(torch.isfinite(v).all()) for v in load_file(str(path)).values())
+    except Exception:  # unreadable: rewrite it
+        return False
