@@ -363,11 +363,13 @@ class DifferentiableDecoder:
     device; the shared VAE object is not touched. Works for full VAEs and TAESD alike: both
     ``first_stage_model.decode`` take the process_latent_out'd latent and return [-1, 1] (TAESD
     applies its own vae_scale / vae_shift). ``downscale`` > 1 decodes a downscaled latent
-    (reduced-resolution guidance).
+    (reduced-resolution guidance). ``checkpoint``: recompute each block of a full VAE decoder in
+    the backward (``psg_core.checkpointing``), which cuts the activation peak several-fold for one
+    extra decoder forward; worth it for large images only (TAESD is left as is: it is small).
     """
 
     def __init__(self, vae: Any, process_latent_out: Callable[[torch.Tensor], torch.Tensor], node: str, *,
-                 downscale: int = 1, name: str = "vae") -> None:
+                 downscale: int = 1, name: str = "vae", checkpoint: bool = False) -> None:
         fsm = getattr(vae, "first_stage_model", None)
         if fsm is None or not hasattr(fsm, "decode"):
             raise ValueError(f"{node}: the '{name}' input is not an image VAE with a decoder.")
@@ -383,12 +385,26 @@ class DifferentiableDecoder:
         make_grad_safe(self.model)
         self.model.requires_grad_(False)
         self.process_latent_out = process_latent_out
+        self.checkpointed = _checkpoint_decoder_blocks(self.model) if checkpoint else 0
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         z = downscale_latent(z.float(), self.downscale)
         z = self.process_latent_out(z).to(self.device, self.dtype)
         image = self.model.decode(z)
         return ((image.float() + 1.0) / 2.0)
+
+
+def _checkpoint_decoder_blocks(model: torch.nn.Module) -> int:
+    """Block-wise activation checkpointing on a private copy of a ComfyUI ``Decoder`` (SD/SDXL/SD3/
+    Flux VAEs); returns how many blocks, 0 for other decoders."""
+    from comfy.ldm.modules.diffusionmodules import model as vae_blocks
+
+    from ..psg_core.checkpointing import checkpoint_blocks
+
+    decoder = getattr(model, "decoder", None)
+    if not isinstance(decoder, vae_blocks.Decoder):
+        return 0
+    return checkpoint_blocks(decoder, (vae_blocks.ResnetBlock, vae_blocks.AttnBlock, vae_blocks.Upsample))
 
 
 def image_to_bchw(image: torch.Tensor, node: str, name: str = "image") -> torch.Tensor:

@@ -21,6 +21,9 @@ NODE = "PSG Perceptual Sampler"
 GRADIENT_PATHS = ("x0 (fast)", "through model (DPS)")
 GUIDANCE_RESOLUTIONS: dict[str, int] = {"full": 1, "1/2": 2, "1/4": 4}
 """``guidance_resolution`` option -> latent downscale factor for the perceptual decode + LPIPS."""
+CHECKPOINT_ABOVE_PIXELS = 512 * 512
+"""Guidance images larger than this decode through a block-checkpointed full VAE decoder: its
+backward activations grow with the pixels (GBs at SDXL's 1024 px), one extra forward is cheaper."""
 MIN_GUIDANCE_SIDE = 32
 """Smallest guidance image side (px) LPIPS' backbones can take (AlexNet's pooling needs ~32)."""
 NO_GUIDANCE_VAE_HINT = (
@@ -91,7 +94,8 @@ def build_perceptual(
     if guidance_vae is None:
         logger.info(NO_GUIDANCE_VAE_HINT, node)
     decode = host.DifferentiableDecoder(decoder_vae, process_latent_out, node, downscale=factor,
-                                        name="vae" if guidance_vae is None else "guidance_vae")
+                                        name="vae" if guidance_vae is None else "guidance_vae",
+                                        checkpoint=size[0] * size[1] > CHECKPOINT_ABOVE_PIXELS)
     logger.debug("%s: perceptual guidance decodes through %s at %dx%d px", node, decode.kind, size[1], size[0])
     ref = host.image_to_bchw(reference, node, "reference").to(decode.device)  # the core resizes it if needed
     mask_t = host.mask_to_b1hw(mask, *size)

@@ -241,3 +241,27 @@ def test_host_guidance_vae_of_another_family_is_refused(taesd_host, node, vae_na
     for part in (what, "SD1.x/SD2.x", "load taesd with VAELoader"):
         assert part in message, f"{part!r} not in: {message}"
     assert len(message) < 300 and "\n" not in message, message
+
+
+# --------------------------------------------------------------------------- block checkpointing
+
+
+def test_host_guidance_full_vae_block_checkpointing_keeps_the_gradient(comfy_host, tiny_models):
+    """Large guidance images decode through a block-checkpointed copy of the full VAE decoder:
+    same image and same gradient as without, and the shared VAE is untouched."""
+    host_module = comfy_host.pack_module().nodes.host
+    vae = tiny_models("sd15").vae
+    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    grads, images = [], []
+    for checkpoint in (False, True):
+        decode = host_module.DifferentiableDecoder(vae, lambda z: z / 0.18215, "test", checkpoint=checkpoint)
+        assert (decode.checkpointed > 0) == checkpoint
+        with torch.inference_mode(False), torch.enable_grad():
+            z = z0.clone().requires_grad_(True)
+            image = decode(z)
+            (grad,) = torch.autograd.grad(image.square().mean(), z)
+        images.append(image.detach())
+        grads.append(grad)
+    torch.testing.assert_close(images[1], images[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    assert not any(getattr(m, "_psg_checkpointed", False) for m in vae.first_stage_model.modules())
