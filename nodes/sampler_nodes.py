@@ -87,11 +87,14 @@ def build_perceptual(
     reduced = host.reduced_size(latent_hw[0], latent_hw[1], factor)
     size = (reduced[0] * ratio, reduced[1] * ratio)
     if factor > 1 and min(size) < MIN_GUIDANCE_SIDE:
+        fits = [name for name, f in GUIDANCE_RESOLUTIONS.items()
+                if f == 1 or min(host.reduced_size(latent_hw[0], latent_hw[1], f)) * ratio >= MIN_GUIDANCE_SIDE]
         raise ValueError(
             f"{node}: guidance_resolution {settings.resolution} makes the guidance image {size[1]}x{size[0]} px; "
-            f"LPIPS needs at least {MIN_GUIDANCE_SIDE} px per side. Use 'full' (or '1/2') for an image this small."
+            f"LPIPS needs at least {MIN_GUIDANCE_SIDE} px per side. Use {' or '.join(repr(f) for f in fits)} "
+            "for an image this small."
         )
-    if guidance_vae is None:
+    if guidance_vae is None and type(getattr(vae, "first_stage_model", None)).__name__ != "TAESD":
         logger.info(NO_GUIDANCE_VAE_HINT, node)
     decode = host.DifferentiableDecoder(decoder_vae, process_latent_out, node, downscale=factor,
                                         name="vae" if guidance_vae is None else "guidance_vae",
