@@ -185,6 +185,6 @@ def preflight(backend: Backend, template: dict[str, Any], request: EditRequest) 
     info = backend.object_info()
     workflow.check_nodes_installed(template, info, backend.label)
     prompt = workflow.fill(template, image="preflight.png", source="", target="", ckpt=request.ckpt,
-                           seed=request.seed)
+                           seed=request.seed, guidance_vae=request.guidance_vae)
     workflow.apply_sets(prompt, info, request.sets)
     workflow.check_values(prompt, info, backend.label)

@@ -41,6 +41,7 @@ class EditRequest:
     mask_box: list[float] | None = None
     ckpt: str | None = None
     seed: int | None = None
+    guidance_vae: str | None = None
     sets: list[str] = field(default_factory=list)
     workflow: str = DEFAULT_WORKFLOW
 
@@ -115,7 +116,7 @@ def run_edit(backend: Backend, req: EditRequest, out_dir: Path, stem: str, progr
     workflow.check_nodes_installed(template, info, backend.label)
     photo = upload(backend, req.image)
     prompt = workflow.fill(template, image=photo, source=req.source, target=req.target,
-                           ckpt=req.ckpt, seed=req.seed)
+                           ckpt=req.ckpt, seed=req.seed, guidance_vae=req.guidance_vae)
     mask_path = req.mask
     with tempfile.TemporaryDirectory(prefix="psg_mask_") as tmp:
         if mask_path is None and req.mask_box is not None:
@@ -144,6 +145,8 @@ def run_edit(backend: Backend, req: EditRequest, out_dir: Path, stem: str, progr
         "backend": backend.label,
         "checkpoint": next((prompt[n]["inputs"].get(roles.CHECKPOINT.input)
                             for n in workflow.find_role(prompt, roles.CHECKPOINT)), None),
+        "guidance_vae": next((prompt[n]["inputs"].get(roles.GUIDANCE_VAE.input)
+                              for n in workflow.find_role(prompt, roles.GUIDANCE_VAE)), None),
         "seed": req.seed,
         "overrides": applied,
         "output": files[edited_title][0],

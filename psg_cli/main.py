@@ -43,6 +43,10 @@ def _add_common(p: argparse.ArgumentParser, many_servers: bool) -> None:
                         f"`python -m psg_cli workflows` lists them")
     p.add_argument("--ckpt", metavar="NAME",
                    help=f"checkpoint file name as ComfyUI lists it (workflow default: {roles.DEFAULT_CHECKPOINT})")
+    p.add_argument("--guidance-vae", metavar="NAME",
+                   help="VAELoader name for the workflow's 'Guidance VAE' node (the LPIPS gradient's decoder, "
+                        "e.g. taesd, taesdxl; files in models/vae_approx), or 'none' to decode the guidance "
+                        "with the model's own VAE (default: as in the workflow)")
     p.add_argument("--seed", type=int, metavar="N", help="seed for every seed input of the workflow")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override any node input; NODE is a node id or title (repeatable)")
@@ -103,7 +107,8 @@ def _backends(args: argparse.Namespace) -> list[Backend]:
 
 
 def _request(args: argparse.Namespace, **extra: object) -> EditRequest:
-    return EditRequest(ckpt=args.ckpt, seed=args.seed, sets=args.sets, workflow=args.workflow, **extra)
+    return EditRequest(ckpt=args.ckpt, seed=args.seed, guidance_vae=args.guidance_vae, sets=args.sets,
+                       workflow=args.workflow, **extra)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -140,8 +145,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             backends.append(backend)
     if not backends:
         raise unreachable[0]
-    settings = {"workflow": args.workflow, "ckpt": args.ckpt, "seed": args.seed, "sets": args.sets,
-                "retries": args.retries, "servers": [b.label for b in backends]}
+    settings = {"workflow": args.workflow, "ckpt": args.ckpt, "guidance_vae": args.guidance_vae, "seed": args.seed,
+                "sets": args.sets, "retries": args.retries, "servers": [b.label for b in backends]}
     run = BatchRun(items, out, results, args.dataset, template, args.retries, settings,
                    stream=sys.stderr if not args.quiet else io.StringIO())
     run.load_previous()

@@ -24,10 +24,18 @@ TARGET = Role("Target prompt", "text")
 CHECKPOINT = Role("Checkpoint", "ckpt_name", ("CheckpointLoaderSimple",), required=False)
 MASK = Role("Mask", "image", ("LoadImageMask",), required=False)
 EDITED = Role("Edited image", "filename_prefix", ("SaveImage",), required=False)
+GUIDANCE_VAE = Role("Guidance VAE", "vae_name", required=False)
+"""The VAELoader feeding ``guidance_vae`` (TAESD: cheap LPIPS gradient); by title only, since a
+workflow's other VAELoader may be the main VAE."""
 
-FILLED_ROLES = (PHOTO, SOURCE, TARGET, CHECKPOINT, MASK)
+FILLED_ROLES = (PHOTO, SOURCE, TARGET, CHECKPOINT, MASK, GUIDANCE_VAE)
 SEED_INPUTS = ("seed", "noise_seed")
 MASK_LOADER = "LoadImageMask"
 MASK_CHANNEL = "red"  # masks are stored as grey images: white (1) = region allowed to change
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+TAESD_FOR_FAMILY = {"sd15": "taesd", "sdxl": "taesdxl"}
+"""Guidance VAE (VAELoader name, files in models/vae_approx) the shipped workflows load per family."""
+NO_GUIDANCE_VAE = "none"
+"""``--guidance-vae none``: drop the guidance VAE loader; LPIPS then decodes through the full VAE."""
+TAESD_URL = "https://github.com/madebyollin/taesd"
 PACK_NODE_PREFIX = "PSG"

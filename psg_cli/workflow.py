@@ -243,6 +243,13 @@ def check_values(prompt: Prompt, object_info: dict[str, Any], where: str) -> Non
             options = combo_options(input_spec(object_info, node["class_type"], name))
             if options is None or value in options:
                 continue
+            if nid in find_role(prompt, roles.GUIDANCE_VAE):
+                raise CliError(
+                    f"guidance VAE '{value}' ({describe_node(prompt, nid)}) not found on {where}: put "
+                    f"{value}_encoder.safetensors and {value}_decoder.safetensors from {roles.TAESD_URL} in "
+                    f"ComfyUI/models/vae_approx/, pick another with --guidance-vae NAME (offered: "
+                    f"{_listing(options)}), or run without it: --guidance-vae {roles.NO_GUIDANCE_VAE} (LPIPS "
+                    f"then decodes through the full VAE: slower).")
             if name == roles.CHECKPOINT.input:
                 raise CliError(f"checkpoint '{value}' not found on {where}. Available: {_listing(options)}. "
                                f"Pass one with --ckpt NAME, or put the file in ComfyUI/models/checkpoints/.")
@@ -271,9 +278,35 @@ def describe_execution_error(data: dict[str, Any], prompt: Prompt) -> str:
             f"{str(data.get('exception_message', '')).strip()}")
 
 
+def remove_nodes(prompt: Prompt, ids: list[str]) -> None:
+    """Delete nodes and every input linked to them (only optional inputs such as guidance_vae
+    should point at what is removed; the host reports anything else as missing)."""
+    for nid in ids:
+        prompt.pop(nid, None)
+    for node in prompt.values():
+        for name, value in list(node["inputs"].items()):
+            if is_link(value) and value[0] in ids:
+                del node["inputs"][name]
+
+
+def set_guidance_vae(prompt: Prompt, name: str) -> list[str]:
+    """``--guidance-vae NAME``: load NAME in the 'Guidance VAE' node; ``none`` removes that node,
+    so the perceptual gradient decodes through the model's own VAE."""
+    ids = find_role(prompt, roles.GUIDANCE_VAE)
+    if not ids:
+        raise CliError(f"--guidance-vae given but the workflow has no node titled '{roles.GUIDANCE_VAE.title}' "
+                       f"(a VAELoader feeding guidance_vae)")
+    if name.lower() == roles.NO_GUIDANCE_VAE:
+        remove_nodes(prompt, ids)
+        return []
+    for nid in ids:
+        prompt[nid]["inputs"][roles.GUIDANCE_VAE.input] = name
+    return ids
+
+
 def fill(prompt: Prompt, *, image: str, source: str, target: str, ckpt: str | None,
-         seed: int | None) -> Prompt:
-    """A copy of ``prompt`` with the photo, prompts, checkpoint and seed filled in."""
+         seed: int | None, guidance_vae: str | None = None) -> Prompt:
+    """A copy of ``prompt`` with the photo, prompts, checkpoint, guidance VAE and seed filled in."""
     out = copy.deepcopy(prompt)
     set_role(out, roles.PHOTO, image)
     set_role(out, roles.SOURCE, source)
@@ -281,6 +314,8 @@ def fill(prompt: Prompt, *, image: str, source: str, target: str, ckpt: str | No
     if ckpt is not None:
         if not set_role(out, roles.CHECKPOINT, ckpt):
             raise CliError("--ckpt given but the workflow has no checkpoint loader titled 'Checkpoint'")
+    if guidance_vae is not None:
+        set_guidance_vae(out, guidance_vae)
     if seed is not None:
         set_seed(out, seed)
     return out

@@ -36,6 +36,8 @@ NOTE_WIDTH = 460
 COLUMN_GAP = 60
 ROW_GAP = 36
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+NOTE = "Note"
+"""Frontend-only node class: in the UI file, never in the API twin."""
 
 
 # ------------------------------------------------------------------------------ description
@@ -69,6 +71,16 @@ def _loader(ckpt: str) -> list[Node]:
     ]
 
 
+def _guidance_vae(family: str) -> list[Node]:
+    """The TAESD loader for ``guidance_vae`` (a cheap LPIPS gradient) and the note explaining it."""
+    name = roles.TAESD_FOR_FAMILY[family]
+    note = f"""Guidance VAE: Load VAE -> {name} (TAESD, a tiny decoder) is used ONLY for the LPIPS gradient, so a guided step costs about 1.1x a plain step instead of 2-3x. The edited image is always decoded with the checkpoint's own VAE.
+Files: {name}_encoder.safetensors and {name}_decoder.safetensors from {roles.TAESD_URL} go in ComfyUI/models/vae_approx/ (then press R to refresh).
+Without them: delete this Load VAE node (guidance_vae unconnected = the full VAE decodes the guidance: slower) or run the CLI with --guidance-vae none."""
+    return [Node("gvae", "VAELoader", roles.GUIDANCE_VAE.title, {"vae_name": name}),
+            Node("gvae_note", NOTE, "About the guidance VAE", {"text": note})]
+
+
 def _outputs(image: tuple[str, int]) -> list[Node]:
     return [
         Node("save", "SaveImage", roles.EDITED.title, {"filename_prefix": "psg/edit"}, {"images": image}),
@@ -79,7 +91,7 @@ def _outputs(image: tuple[str, int]) -> list[Node]:
     ]
 
 
-def one_node_edit(name: str, ckpt: str, steps: int, extra_note: str = "") -> Workflow:
+def one_node_edit(name: str, ckpt: str, steps: int, extra_note: str = "", family: str = "sd15") -> Workflow:
     note = f"""PSG one-node edit (arXiv 2312.06680): invert the photo, optimise the text guidance, then sample the edit with perceptual-similarity (LPIPS) guidance.
 
 1. Checkpoint: {ckpt}. Photo: load your image (sides a multiple of 64 work best).
@@ -91,14 +103,17 @@ def one_node_edit(name: str, ckpt: str, steps: int, extra_note: str = "") -> Wor
  - text_optimisation: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast).
  - inner_steps: null-text iterations per step (10 in the paper, 3-5 faster).
  - scale / start / end: LPIPS guidance strength (0 = off, 0.5-2 typical) and when it acts; higher keeps more of the photo.
+ - guidance_vae (Guidance VAE, see its note) / guidance_resolution: what decodes the x0 estimates for LPIPS, at full, 1/2 or 1/4 size.
  - mask (optional input): white = region allowed to change; LPIPS keeps the rest close to the photo.
 4. Edited image is saved to output/psg/; 'Before | after' previews the photo next to the edit.
 Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow {name}{extra_note}"""
     return Workflow(name, note, [
         *_loader(ckpt),
+        *_guidance_vae(family),
         Node("edit", "PSGEdit", "PSG Edit", {"steps": steps, "w_edit": 7.5, "w_source": 0.0, "scale": 1.0},
              {"model": ("ckpt", 0), "vae": ("ckpt", 2), "image": ("photo", 0), "null": ("null", 0),
-              "source": ("source", 0), "edit": ("target", 0), "lpips": ("lpips", 0)}),
+              "source": ("source", 0), "edit": ("target", 0), "lpips": ("lpips", 0),
+              "guidance_vae": ("gvae", 0)}),
         *_outputs(("edit", 0)),
     ])
 
@@ -121,10 +136,12 @@ Knobs:
 - steps / scheduler: identical in DDIM Inversion and BasicScheduler (denoise 1.0).
 - Text Guidance Optimisation: mode (null-text optimisation best / negative-prompt free / direct offsets fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (3-5 faster).
 - Guider: w_edit = edit strength (5-10; 0 reconstructs), w_source = weight of the source prompt (0 = plain CFG).
-- Perceptual Sampler: scale (0 = off, 0.5-2 typical), start / end window, every n-th step, gradient path x0 (fast) or through model (DPS); optional mask input (white = free to change).
+- Perceptual Sampler: scale (0 = off, 0.5-2 typical), start / end window, every n-th step, gradient path x0 (fast) or through model (DPS); optional mask input (white = free to change); guidance_vae (Guidance VAE, see its note) and guidance_resolution choose what decodes the x0 estimates for LPIPS.
 Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow """ + name
+    # reconstruction runs with LPIPS guidance off (scale 0): a guidance VAE would load for nothing
     return Workflow(name, note, [
         *_loader(roles.DEFAULT_CHECKPOINT),
+        *([] if reconstruct else _guidance_vae("sd15")),
         Node("encode", "VAEEncode", None, {}, {"pixels": ("photo", 0), "vae": ("ckpt", 2)}),
         Node("invert", "PSGDDIMInversion", "DDIM Inversion", {"steps": steps, "scheduler": scheduler, "cfg": 1.0},
              {"model": ("ckpt", 0), "latent": ("encode", 0), "source": ("source", 0)}),
@@ -135,7 +152,8 @@ Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workf
              {"model": ("ckpt", 0), "null": ("null", 0), "source": ("source", 0), "edit": ("target", 0),
               "inversion": ("optimise", 0)}),
         Node("sampler", "PSGPerceptualSampler", "Perceptual Sampler", {"scale": scale},
-             {"vae": ("ckpt", 2), "reference": ("photo", 0), "lpips": ("lpips", 0), "inversion": ("optimise", 0)}),
+             {"vae": ("ckpt", 2), "reference": ("photo", 0), "lpips": ("lpips", 0), "inversion": ("optimise", 0),
+              **({} if reconstruct else {"guidance_vae": ("gvae", 0)})}),
         Node("sigmas", "BasicScheduler", None, {"scheduler": scheduler, "steps": steps, "denoise": 1.0},
              {"model": ("ckpt", 0)}),
         Node("noise", "DisableNoise", None),
@@ -152,7 +170,7 @@ def compare(name: str) -> Workflow:
     base = one_node_edit(name, roles.DEFAULT_CHECKPOINT, 50)
     note = """PSG compare: edit, then measure and look.
 
-- PSG Edit: as in psg_edit (w_edit = edit strength, scale = LPIPS guidance, optional mask input: white = free to change).
+- PSG Edit: as in psg_edit (w_edit = edit strength, scale = LPIPS guidance, optional mask input: white = free to change; Guidance VAE: see its note).
 - PSG Image Metrics (photo vs edit): PSNR / SSIM / LPIPS over the whole image and bg_* outside the mask (PIE-Bench convention); the summary text shows in the node.
 - PSG Compare Grid: photo | edit | absolute-difference heatmap with a colour bar (max_difference 0 = auto; fix it to compare runs).
 - PSG Loss Plot: the LPIPS loss at each guided step; it should fall as guidance pulls the unedited content back to the photo.
@@ -173,7 +191,7 @@ def all_workflows() -> list[Workflow]:
     return [
         one_node_edit("psg_edit", roles.DEFAULT_CHECKPOINT, 50),
         one_node_edit("psg_edit_sdxl", SDXL_CHECKPOINT, 50,
-                      "_sdxl --ckpt YOUR_SDXL.safetensors\nSDXL: use photos around 1024 px."),
+                      "_sdxl --ckpt YOUR_SDXL.safetensors\nSDXL: use photos around 1024 px.", family="sdxl"),
         advanced("psg_advanced", reconstruct=False),
         advanced("psg_reconstruction", reconstruct=True),
         compare("psg_compare"),
@@ -215,6 +233,8 @@ def socket_type(kind: Any) -> str:
 def _check(wf: Workflow, registry: dict[str, Any]) -> None:
     keys = {n.key for n in wf.nodes}
     for n in wf.nodes:
+        if n.cls == NOTE:
+            continue
         if n.cls not in registry:
             raise SystemExit(f"{wf.name}: node type {n.cls} is not registered on the host")
         names = input_names(registry[n.cls])
@@ -244,7 +264,13 @@ def _columns(wf: Workflow) -> dict[str, int]:
     return depth
 
 
+def _note_height(text: str) -> int:
+    return 40 + 17 * sum(1 + len(line) // 62 for line in text.splitlines())
+
+
 def _size(info: dict[str, Any], n: Node) -> tuple[int, int]:
+    if n.cls == NOTE:
+        return NOTE_WIDTH, _note_height(n.values["text"])
     sockets = widgets = extra = 0
     for name in input_names(info):
         kind, opts = spec_of(info, name)
@@ -269,7 +295,7 @@ def build(wf: Workflow, registry: dict[str, Any]) -> tuple[dict[str, Any], dict[
     out_links: dict[tuple[str, int], list[int]] = {}
     in_link: dict[tuple[str, str], int] = {}
     for n in wf.nodes:
-        info = registry[n.cls]
+        info = registry.get(n.cls, {"input": {}})
         for name in input_names(info):
             if name in n.links:
                 src, slot = n.links[name]
@@ -281,9 +307,8 @@ def build(wf: Workflow, registry: dict[str, Any]) -> tuple[dict[str, Any], dict[
                 in_link[(n.key, name)] = link_id
 
     depth = _columns(wf)
-    sizes = {n.key: _size(registry[n.cls], n) for n in wf.nodes}
-    note_lines = sum(1 + len(line) // 62 for line in wf.note.splitlines())
-    note_h = 40 + 17 * note_lines
+    sizes = {n.key: _size(registry.get(n.cls, {}), n) for n in wf.nodes}
+    note_h = _note_height(wf.note)
     col_x, x = {}, 30
     for col in range(max(depth.values()) + 1):
         col_x[col] = x
@@ -292,13 +317,16 @@ def build(wf: Workflow, registry: dict[str, Any]) -> tuple[dict[str, Any], dict[
     col_y = {col: 30 for col in col_x}
     col_y[0] = 30 + note_h + ROW_GAP
 
-    ui_nodes: list[dict[str, Any]] = [{
-        "id": 1, "type": "Note", "pos": [30, 30], "size": [NOTE_WIDTH, note_h], "flags": {}, "order": 0,
-        "mode": 0, "inputs": [], "outputs": [], "title": "How to use this workflow",
-        "properties": {}, "widgets_values": [wf.note], "color": "#432", "bgcolor": "#653"}]
+    ui_nodes: list[dict[str, Any]] = [_note_node(1, [30, 30], note_h, "How to use this workflow", wf.note, 0)]
     api: dict[str, Any] = {}
     order = sorted(wf.nodes, key=lambda n: (depth[n.key], ids[n.key]))
     for position, n in enumerate(order, start=1):
+        if n.cls == NOTE:
+            col = depth[n.key]
+            ui_nodes.append(_note_node(ids[n.key], [col_x[col], col_y[col]], sizes[n.key][1], n.title or NOTE,
+                                       n.values["text"], position))
+            col_y[col] += sizes[n.key][1] + ROW_GAP
+            continue
         info = registry[n.cls]
         inputs, widgets_values, api_inputs = [], [], {}
         for name in input_names(info):
@@ -333,6 +361,12 @@ def build(wf: Workflow, registry: dict[str, Any]) -> tuple[dict[str, Any], dict[
           "nodes": ui_nodes, "links": links, "groups": [], "config": {},
           "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
     return ui, dict(sorted(api.items(), key=lambda kv: int(kv[0])))
+
+
+def _note_node(node_id: int, pos: list[int], height: int, title: str, text: str, order: int) -> dict[str, Any]:
+    return {"id": node_id, "type": NOTE, "pos": pos, "size": [NOTE_WIDTH, height], "flags": {}, "order": order,
+            "mode": 0, "inputs": [], "outputs": [], "title": title, "properties": {}, "widgets_values": [text],
+            "color": "#432", "bgcolor": "#653"}
 
 
 def _uuid(name: str) -> str:

@@ -24,10 +24,13 @@ from psg_testing.cli_support import (
     img2img_workflow,
     read_pixels,
     run_cli,
+    swap_checkpoint_loader,
     write_json,
     write_photo,
 )
 from psg_testing.host_server import ComfyServer, free_port
+
+from psg_cli.workflow import load_workflow
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +153,24 @@ def test_host_cli_error_checkpoint_not_found_lists_available(comfy_server, files
     assert_error(run_cli("edit", files["photo"], "--source", "a", "--target", "b", "--workflow", path,
                          "--server", comfy_server.url, "--out", tmp_path, "--ckpt", "nope.safetensors"),
                  "checkpoint 'nope.safetensors' not found", "my-tiny-model.safetensors", "--ckpt")
+
+
+def test_host_cli_error_guidance_vae_not_found_says_where_the_files_go(comfy_server, files, tmp_path):
+    """The shipped workflows load a TAESD guidance VAE: a user without those files is told where
+    they go and how to run without them, before anything is queued."""
+    wf = swap_checkpoint_loader(load_workflow("psg_edit"))
+    path = write_json(tmp_path / "wf.json", wf)
+    msg = assert_error(run_cli("edit", files["photo"], "--source", "a", "--target", "b", "--workflow", path,
+                               "--server", comfy_server.url, "--out", tmp_path, "--guidance-vae", "taesd_nope"),
+                       "guidance VAE 'taesd_nope'", "'Guidance VAE' (VAELoader)", "models/vae_approx",
+                       "--guidance-vae none")
+    assert "taesd_nope_decoder.safetensors" in msg
+    assert not comfy_server.queue().get("queue_pending")
+
+
+def test_host_cli_error_guidance_vae_option_needs_the_node(comfy_server, files, tmp_path):
+    assert_error(run_cli(*edit_args(files, tmp_path, "--server", comfy_server.url, "--guidance-vae", "taesd")),
+                 "no node titled 'Guidance VAE'")
 
 
 def test_host_cli_error_prompt_rejected_shows_node_errors(comfy_server, files, tmp_path):

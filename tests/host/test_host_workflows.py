@@ -1,7 +1,9 @@
 """The shipped workflows against a real host: every UI workflow matches the real node registry
 (types, link sockets, widget counts), its API twin is the same graph, the files are what the
 generator makes from today's node definitions, and every API workflow runs headless (checkpoint
-loader swapped for the tiny test model) through the CLI on a real ``--cpu`` server."""
+loader swapped for the tiny test model) through the CLI on a real ``--cpu`` server, its guidance
+VAE loaded by ComfyUI's own VAELoader from random-weight TAESD files in the server's
+models/vae_approx."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from PIL import Image
 from psg_testing import host
 from psg_testing.cli_support import read_pixels, run_cli, swap_checkpoint_loader, write_json, write_photo
+from psg_testing.taesd_files import write_random_taesd
 
 from psg_cli import roles, workflow
 
@@ -24,6 +27,11 @@ NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FAST = {"steps": 3, "inner_steps": 2}
+NO_PERCEPTUAL_GUIDANCE = {"psg_reconstruction"}  # LPIPS scale 0: no guidance VAE to load
+
+
+def family_of(name: str) -> str:
+    return "sdxl" if "sdxl" in name else "sd15"
 
 
 def test_host_workflows_are_shipped_in_pairs():
@@ -108,6 +116,18 @@ def test_host_workflows_ui_matches_the_real_registry_and_its_api_twin(name, regi
 
     for role in (roles.PHOTO, roles.SOURCE, roles.TARGET, roles.CHECKPOINT):
         assert workflow.find_role(api, role), f"{name}: the CLI cannot find '{role.title}'"
+    guidance_vaes = workflow.find_role(api, roles.GUIDANCE_VAE)
+    if name in NO_PERCEPTUAL_GUIDANCE:
+        assert not guidance_vaes
+    else:
+        (gvae,) = guidance_vaes
+        assert api[gvae]["class_type"] == "VAELoader"
+        assert api[gvae]["inputs"]["vae_name"] == roles.TAESD_FOR_FAMILY[family_of(name)]
+        consumers = [n["class_type"] for n in api.values() if n["inputs"].get("guidance_vae") == [gvae, 0]]
+        assert consumers and all(c.startswith("PSG") for c in consumers), f"{name}: guidance VAE feeds {consumers}"
+        notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note"]
+        assert any("models/vae_approx" in text and roles.TAESD_FOR_FAMILY[family_of(name)] in text
+                   for text in notes), f"{name}: no note explaining the guidance VAE files"
     assert "sdxl" in name or api[workflow.find_role(api, roles.CHECKPOINT)[0]]["inputs"]["ckpt_name"] == \
         roles.DEFAULT_CHECKPOINT
 
@@ -139,9 +159,20 @@ def random_lpips(comfy_server) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def random_taesd(comfy_server) -> Path:
+    """Random-weight taesd / taesdxl where the server's VAELoader looks (its models/vae_approx),
+    so the shipped Guidance VAE nodes load for real (the server rescans the folder on change)."""
+    folder = comfy_server.base_dir / "models" / "vae_approx"
+    write_random_taesd(folder, tuple(roles.TAESD_FOR_FAMILY.values()))
+    offered = comfy_server.object_info("VAELoader")["VAELoader"]["input"]["required"]["vae_name"][0]
+    assert set(roles.TAESD_FOR_FAMILY.values()) <= set(offered), offered
+    return folder
+
+
 def fast_tiny_twin(name: str, tmp_path: Path) -> Path:
     api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
-    api = swap_checkpoint_loader(api, family="sdxl" if "sdxl" in name else "sd15")
+    api = swap_checkpoint_loader(api, family=family_of(name))
     for node in api.values():
         for key, value in FAST.items():
             if isinstance(node["inputs"].get(key), int):
@@ -150,7 +181,8 @@ def fast_tiny_twin(name: str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_host_workflows_api_twin_runs_headless_through_the_cli(name, comfy_server, random_lpips, tmp_path):
+def test_host_workflows_api_twin_runs_headless_through_the_cli(name, comfy_server, random_lpips, random_taesd,
+                                                               tmp_path):
     photo = write_photo(tmp_path / "cat.png")
     proc = run_cli("edit", photo, "--source", "a photo of a cat", "--target", "a photo of a tiger",
                    "--workflow", fast_tiny_twin(name, tmp_path), "--server", comfy_server.url,
@@ -164,6 +196,24 @@ def test_host_workflows_api_twin_runs_headless_through_the_cli(name, comfy_serve
         assert "psnr" in json.dumps(settings.get("metrics")), f"no metrics in the settings: {settings.get('metrics')}"
     else:
         assert "Grid preview" in settings["outputs"], "the before|after preview was not produced"
+    loaders = {n["inputs"].get("vae_name") for n in settings["prompt"].values() if n["class_type"] == "VAELoader"}
+    expected = None if name in NO_PERCEPTUAL_GUIDANCE else roles.TAESD_FOR_FAMILY[family_of(name)]
+    assert settings["guidance_vae"] == expected and loaders == ({expected} if expected else set())
+
+
+def test_host_workflows_guidance_vae_none_decodes_guidance_with_the_main_vae(comfy_server, random_lpips, tmp_path):
+    """``--guidance-vae none`` (no TAESD files on a user's machine): the loader is dropped and the
+    edit still runs, the LPIPS gradient then going through the checkpoint's own VAE."""
+    photo = write_photo(tmp_path / "cat.png")
+    proc = run_cli("edit", photo, "--source", "a photo of a cat", "--target", "a photo of a tiger",
+                   "--guidance-vae", "none", "--workflow", fast_tiny_twin("psg_edit", tmp_path),
+                   "--server", comfy_server.url, "--out", tmp_path / "out", "--name", "plain", "-q")
+    assert proc.returncode == 0, f"{proc.stderr}\n{comfy_server.log_tail()}"
+    settings = json.loads((tmp_path / "out" / "plain.json").read_text())
+    assert settings["guidance_vae"] is None
+    assert not [n for n in settings["prompt"].values() if n["class_type"] == "VAELoader"]
+    (edit,) = [n for n in settings["prompt"].values() if n["class_type"] == "PSGEdit"]
+    assert "guidance_vae" not in edit["inputs"]
 
 
 def test_host_workflows_one_node_edit_takes_a_mask_from_the_cli(comfy_server, random_lpips, tmp_path):
