@@ -12,10 +12,11 @@ The final image is always decoded by the full VAE. Measured on it: background LP
 SSIM to the photo (outside the edit's mask_box, PIE-Bench convention, via ``psg_core.report``),
 CLIPScore to the target prompt, and seconds per edit. A markdown table goes to stdout.
 
-Real weights (the only way the numbers mean anything):
-    .venv/bin/python benchmarks/quality_check.py --comfy-root ~/ComfyUI \\
-        --ckpt v1-5-pruned-emaonly.safetensors --taesd taesd --clip ~/ComfyUI/models/clip_score/clip-vit-base-patch16
-  (taesd_encoder/decoder.safetensors in models/vae_approx, the AlexNet backbone in models/lpips.)
+Real weights (the only way the numbers mean anything; ComfyUI's Python or this repo's .venv):
+    python benchmarks/quality_check.py --comfy-root ~/ComfyUI \\
+        --ckpt v1-5-pruned-emaonly.safetensors --taesd taesd --limit 7
+  (taesd_encoder/decoder.safetensors in models/vae_approx, the AlexNet backbone in models/lpips, a
+  transformers CLIP folder in models/clip_score or given with --clip DIR.)
 
 Stand-in (random-weight tiny model, TAESD, AlexNet and CLIP; checks the pipeline runs, the
 numbers are MEANINGLESS):
@@ -45,6 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from psg_cli import roles, workflow  # noqa: E402
 from psg_cli.dataset import BatchItem, load_dataset, safe_stem  # noqa: E402
 from psg_cli.edit import EditRequest, run_edit  # noqa: E402
+from psg_cli.errors import CliError  # noqa: E402
 from psg_core.report import measure_item  # noqa: E402
 
 logger = logging.getLogger("quality_check")
@@ -156,11 +158,18 @@ def load_metric_models(clip: Path | None) -> tuple[Any, Any]:
     from psg_core.clip_score import load_clip_scorer
     from psg_core.lpips_weights import load_lpips
 
-    lpips_module = load_lpips("alex", folder_paths.get_folder_paths("lpips") if "lpips" in
-                              folder_paths.folder_names_and_paths else ())
-    if clip is None:
-        logger.warning("no --clip model folder: the CLIPScore column stays n/a")
-        return lpips_module, None
+    def folders(kind: str) -> list[str]:
+        return folder_paths.get_folder_paths(kind) if kind in folder_paths.folder_names_and_paths else []
+
+    lpips_module = load_lpips("alex", folders("lpips"))
+    if clip is None:  # the one CLIP model in models/clip_score, as the PSG CLIPScore node offers it
+        found = sorted({d for f in folders("clip_score") if Path(f).is_dir()
+                        for d in Path(f).iterdir() if (d / "config.json").is_file()})
+        if len(found) != 1:
+            logger.warning("CLIPScore column n/a: give --clip DIR (found %d CLIP models in models/clip_score)",
+                           len(found))
+            return lpips_module, None
+        clip = found[0]
     return lpips_module, load_clip_scorer(clip)
 
 
@@ -229,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-directory", type=Path, help="ComfyUI --base-directory (models, input, output)")
     parser.add_argument("--ckpt", default=roles.DEFAULT_CHECKPOINT, help="checkpoint in models/checkpoints")
     parser.add_argument("--taesd", default="taesd", help="VAELoader name of the TAESD (models/vae_approx)")
-    parser.add_argument("--clip", type=Path, help="CLIP model folder (transformers) for CLIPScore")
+    parser.add_argument("--clip", type=Path,
+                        help="CLIP model folder (transformers) for CLIPScore (default: the one in models/clip_score)")
     parser.add_argument("--workflow", default="psg_edit", help="shipped API workflow with a 'PSG Edit' node")
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--limit", type=int, default=None, help="first N edits only")
@@ -258,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="psg_quality_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        rows = run(args, work)
+        try:
+            rows = run(args, work)
+        except (CliError, FileNotFoundError) as err:  # missing checkpoint / TAESD / LPIPS / CLIP files
+            sys.stderr.write(f"quality_check: error: {err}\n")
+            return 2
     n_edits = len(next(iter(rows[0].values.values()), []))
     print(markdown_table(rows, n_edits))
     if args.json:
