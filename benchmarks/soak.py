@@ -3,7 +3,8 @@
 Run:   .venv/bin/python benchmarks/soak.py [--runs 50] [--first 5] [--keep]
 
 A real ``main.py --cpu`` (this pack linked in, tiny random-weight SD1.5 test checkpoint, 64 px,
-2 steps, null-text optimisation and LPIPS guidance on) gets all edits queued at once, each with
+2 steps, null-text optimisation and LPIPS guidance on, through a random-weight TAESD guidance VAE
+loaded by VAELoader unless ``--guidance-vae none``) gets all edits queued at once, each with
 its own seed so none is served from the cache. Its only output node is Preview Any on the loss
 list, so the runs write no files by design and any file that appears is a leak.
 
@@ -79,13 +80,13 @@ def count_files(base_dir: Path) -> int:
     return sum(1 for d in ("temp", "output") for p in (base_dir / d).rglob("*") if p.is_file())
 
 
-def soak(server: ComfyServer, runs: int, timeout_s: float) -> list[RunSample]:
+def soak(server: ComfyServer, runs: int, timeout_s: float, guidance_vae: str | None = None) -> list[RunSample]:
     from psg_testing.reliability import soak_prompt  # needs the host on sys.path (GraphBuilder)
 
     proc = psutil.Process(server.process.pid)
     sampler = Sampler(proc)
     thread = threading.Thread(target=sampler.loop, daemon=True)
-    ids = [server.post_prompt(soak_prompt(seed=1000 + i)) for i in range(runs)]
+    ids = [server.post_prompt(soak_prompt(seed=1000 + i, guidance_vae=guidance_vae)) for i in range(runs)]
     logger.info("queued %d edits", runs)
     thread.start()
     samples: list[RunSample] = []
@@ -138,6 +139,8 @@ def main() -> int:
     parser.add_argument("--first", type=int, default=5, help="the run the growth is measured from")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per edit")
     parser.add_argument("--keep", action="store_true", help="keep the server's base directory")
+    parser.add_argument("--guidance-vae", default="taesd", choices=["taesd", "none"],
+                        help="plug a (random-weight) TAESD guidance VAE like the shipped workflows, or none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 1 <= args.first < args.runs:
@@ -148,13 +151,17 @@ def main() -> int:
         return 2
     host.prepare_comfy_import(root)
     from psg_testing.reliability import prepare_base_dir
+    from psg_testing.taesd_files import write_random_taesd
 
+    guidance_vae = None if args.guidance_vae == "none" else args.guidance_vae
     base = Path(tempfile.mkdtemp(prefix="psg_soak_"))
     prepare_base_dir(base)
+    if guidance_vae:
+        write_random_taesd(base / "models" / "vae_approx", (guidance_vae,))
     server = ComfyServer.start(base, root)
     try:
         files_before = count_files(base)
-        samples = soak(server, args.runs, args.timeout)
+        samples = soak(server, args.runs, args.timeout, guidance_vae)
         settle_s = 5
         time.sleep(settle_s)
         idle_rss = psutil.Process(server.process.pid).memory_info().rss
@@ -165,7 +172,8 @@ def main() -> int:
     text, ok = table(samples, args.first, settle_s, files_before)
     machine = (f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                f"Python {platform.python_version()}, ComfyUI at {root}, {datetime.date.today()}")
-    print(f"\n{machine}\nCommand: .venv/bin/python benchmarks/soak.py --runs {args.runs} --first {args.first}\n")
+    print(f"\n{machine}\nCommand: .venv/bin/python benchmarks/soak.py --runs {args.runs} --first {args.first} "
+          f"--guidance-vae {args.guidance_vae}\n")
     print(text)
     print(f"Idle RSS after the queue: {idle_rss / MiB:.1f} MiB "
           f"({100 * (idle_rss / samples[args.first - 1].end_rss - 1):+.2f} % vs right after run {args.first}).")

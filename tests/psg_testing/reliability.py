@@ -120,10 +120,14 @@ class PSGGraph:
         return self.g.finalize()
 
 
-def soak_prompt(seed: int) -> dict:
+def soak_prompt(seed: int, guidance_vae: str | None = None) -> dict:
     """One headless edit whose only output is the loss list (no files written by design), so any
-    file left in temp/ or output/ after a run is a leak. ``seed`` makes each queued run execute."""
+    file left in temp/ or output/ after a run is a leak. ``seed`` makes each queued run execute;
+    ``guidance_vae`` (a VAELoader name such as taesd) is plugged in like the shipped workflows do."""
     graph = PSGGraph()
-    edit = graph.edit(seed=seed)
+    extra = {}
+    if guidance_vae:
+        extra["guidance_vae"] = graph.node("VAELoader", vae_name=guidance_vae).out(0)
+    edit = graph.edit(seed=seed, **extra)
     graph.preview(edit.out(2))
     return graph.prompt()
