@@ -14,6 +14,7 @@ from comfy_execution.graph_utils import GraphBuilder
 from PIL import Image
 from psg_testing.host import PromptExecutionError
 from psg_testing.metric_models import save_random_alexnet, save_tiny_clip
+from psg_testing.model_folders import extra_model_folder
 
 from psg_core import plots
 
@@ -41,15 +42,10 @@ def files(comfy_host) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def lpips_dir(comfy_host, tmp_path_factory):
-    import folder_paths
-
     folder = tmp_path_factory.mktemp("models") / "lpips"
     save_random_alexnet(folder)
-    folder_paths.add_model_folder_path("lpips", str(folder))
-    yield folder
-    paths = folder_paths.folder_names_and_paths["lpips"][0]
-    if str(folder) in paths:
-        paths.remove(str(folder))
+    with extra_model_folder("lpips", folder):
+        yield folder
 
 
 def _arr(comfy_host, name: str) -> np.ndarray:

@@ -16,6 +16,8 @@ import torch
 from comfy_execution.graph_utils import GraphBuilder
 from PIL import Image
 from psg_testing.host import PromptExecutionError, PromptInterrupted
+from psg_testing.metric_models import save_random_alexnet
+from psg_testing.model_folders import extra_model_folder
 from psg_testing.tiny_models import FAMILIES
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,6 @@ PSG_NODES = (
     "PSGSaveInversion",
     "PSGLoadInversion",
 )
-ALEX_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's name, what a user puts into models/lpips
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -59,19 +60,10 @@ def photo(comfy_host) -> str:
 def lpips_folder(comfy_host, tmp_path_factory) -> str:
     """A (random, seeded) AlexNet backbone saved under torchvision's file name in an extra
     'lpips' model folder: the loader's real offline path, as extra_model_paths.yaml would add."""
-    import folder_paths
-    import torchvision
-
     folder = tmp_path_factory.mktemp("models") / "lpips"
-    folder.mkdir()
-    torch.manual_seed(0)
-    features = torchvision.models.alexnet(weights=None).features.state_dict()
-    torch.save({f"features.{k}": v for k, v in features.items()}, folder / ALEX_FILE)
-    folder_paths.add_model_folder_path("lpips", str(folder))
-    yield str(folder)
-    paths = folder_paths.folder_names_and_paths["lpips"][0]
-    if str(folder) in paths:
-        paths.remove(str(folder))
+    save_random_alexnet(folder)
+    with extra_model_folder("lpips", folder):
+        yield str(folder)
 
 
 # --------------------------------------------------------------------------- graphs

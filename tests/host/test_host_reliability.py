@@ -25,6 +25,7 @@ import torch
 from psg_testing import host
 from psg_testing.host import PromptInterrupted, PromptValidationError
 from psg_testing.host_server import ComfyServer
+from psg_testing.model_folders import extra_model_folder
 from psg_testing.reliability import PHOTO_BIG, PHOTO_ODD, STEPS, PSGGraph, prepare_base_dir
 from safetensors.torch import load_file, save_file
 
@@ -373,15 +374,9 @@ def test_host_reliability_unsupported_model_detection_in_process(comfy_host, tin
 def inprocess(comfy_host):
     """The in-process host with the photos, and its LPIPS backbone folder as an extra model path
     (the in-process host keeps ComfyUI's own models/ directory, which must stay untouched)."""
-    import folder_paths
-
     prepare_base_dir(comfy_host.base_dir)
-    lpips_dir = str(comfy_host.base_dir / "models" / "lpips")
-    folder_paths.add_model_folder_path("lpips", lpips_dir)
-    yield comfy_host
-    paths = folder_paths.folder_names_and_paths["lpips"][0]
-    if lpips_dir in paths:
-        paths.remove(lpips_dir)
+    with extra_model_folder("lpips", comfy_host.base_dir / "models" / "lpips"):
+        yield comfy_host
 
 
 PHASE_STEPS = 4

@@ -8,8 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from comfy_execution.graph_utils import GraphBuilder
+
+from .metric_models import ALEX_FILE, save_random_alexnet
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,6 @@ STEPS = 2
 PHOTO = "psg_rel_cat.png"
 PHOTO_BIG = "psg_rel_cat_128.png"
 PHOTO_ODD = "psg_rel_cat_60.png"
-ALEX_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's name, what a user puts into models/lpips
 
 
 def write_photo(path: Path, size: int) -> None:
@@ -33,20 +33,11 @@ def write_photo(path: Path, size: int) -> None:
 
 def prepare_base_dir(base_dir: Path) -> None:
     """Photos in ``input/`` and a seeded random AlexNet backbone in ``models/lpips`` (idempotent)."""
-    import torchvision
-
     for name, size in ((PHOTO, SIZE), (PHOTO_BIG, 2 * SIZE), (PHOTO_ODD, SIZE - 4)):
         if not (base_dir / "input" / name).is_file():
             write_photo(base_dir / "input" / name, size)
-    backbone = base_dir / "models" / "lpips" / ALEX_FILE
-    if not backbone.is_file():
-        backbone.parent.mkdir(parents=True, exist_ok=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            state = torchvision.models.alexnet(weights=None).state_dict()
-        tmp = backbone.with_suffix(".part")
-        torch.save(state, tmp)
-        tmp.replace(backbone)
+    if not (base_dir / "models" / "lpips" / ALEX_FILE).is_file():
+        save_random_alexnet(base_dir / "models" / "lpips")
 
 
 class PSGGraph:
