@@ -24,6 +24,8 @@ import comfy.samplers
 import latent_preview
 import torch
 
+from .validation import check_finite
+
 if TYPE_CHECKING:
     from ..psg_core.spaces import NoiseSpace
 
@@ -409,8 +411,6 @@ def _checkpoint_decoder_blocks(model: torch.nn.Module) -> int:
 
 def image_to_bchw(image: torch.Tensor, node: str, name: str = "image") -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, C) in [0, 1] -> (B, 3, H, W) float32, normal tensor."""
-    from .validation import check_finite
-
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] < 3:
         raise ValueError(f"{node}: expected an IMAGE (batch, height, width, channels), got {getattr(image, 'shape', image)}.")
     check_finite(image, name, node)

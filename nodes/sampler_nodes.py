@@ -94,7 +94,7 @@ def build_perceptual(
             f"LPIPS needs at least {MIN_GUIDANCE_SIDE} px per side. Use {' or '.join(repr(f) for f in fits)} "
             "for an image this small."
         )
-    if guidance_vae is None and type(getattr(vae, "first_stage_model", None)).__name__ != "TAESD":
+    if guidance_vae is None and not validation.is_taesd(vae):
         logger.info(NO_GUIDANCE_VAE_HINT, node)
     decode = host.DifferentiableDecoder(decoder_vae, process_latent_out, node, downscale=factor,
                                         name="vae" if guidance_vae is None else "guidance_vae",

@@ -66,6 +66,13 @@ def _taesd_by_scale(scale: float, shift: float) -> tuple[str, float, float, str]
     return next((row for row in TAESD_FAMILIES if _same(scale, row[1]) and _same(shift, row[2])), None)
 
 
+def is_taesd(vae: object) -> bool:
+    """Whether a ComfyUI VAE is a TAESD (``VAELoader`` -> taesd / taesdxl / taesd3 / taef1)."""
+    import comfy.taesd.taesd
+
+    return isinstance(getattr(vae, "first_stage_model", None), comfy.taesd.taesd.TAESD)
+
+
 def _taesd_scale_shift(first_stage_model: object) -> tuple[float, float] | None:
     """``(vae_scale, vae_shift)`` of a TAESD (``comfy.taesd.taesd.TAESD``), None for other VAEs."""
     import comfy.taesd.taesd
