@@ -34,9 +34,9 @@ def byte_level_tokenizer_files(folder: Path) -> Path:
     mark), so any text tokenizes; for tests that run without ComfyUI's tokenizer files."""
     import json
 
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    # byte-level BPE's alphabet: printable bytes stand for themselves, the others map past 255
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
