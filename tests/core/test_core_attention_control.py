@@ -176,3 +176,35 @@ def test_two_branch_blend_keeps_source_outside_mask_at_every_blended_step() -> N
     assert torch.equal(out.edit[outside.expand_as(out.edit)], out.source[outside.expand_as(out.edit)])
     assert not torch.equal(out.edit, out.source)
     assert len(seen) == 8 and not torch.equal(seen[0][1], seen[0][1] * 0)
+
+
+def test_two_branch_perceptual_step_leaves_the_attention_masked_region_alone() -> None:
+    """The attention mask handed to the perceptual guidance: the x0 correction is exactly zero inside
+    (decode is per-pixel here, so the latent gradient is the image gradient)."""
+    from psg_core.perceptual import PerceptualGuidance
+
+    model = AnalyticMixture.random(k=3, dim=8, std=0.5, space=NoiseSpace.VE, seed=7)
+    source, edit = model.component_embedding(0), model.component_embedding(1)
+    null = torch.zeros(1, model.dim, dtype=torch.float64)
+    x_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 10
+    sigmas = inversion_sigmas(4, NoiseSpace.VE).flip(0)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :, 4:] = 1
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(z[:, :3])
+
+    reference = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    g = TextGuidance(null, source, edit, 0.0, 5.0)
+    runs = {}
+    for name, scale in (("plain", 0.0), ("guided", 5.0)):
+        x0s: list[torch.Tensor] = []
+        perceptual = PerceptualGuidance(decode, reference, loss=ImageLoss(None, mse_weight=1.0), scale=scale)
+        two_branch_sample(_branches(model), x_T, sigmas, g, source_scale=5.0, perceptual=perceptual,
+                          perceptual_mask=lambda i: mask, callback=lambda i, n, x, x0, _s=x0s: _s.append(x0))
+        runs[name] = x0s[0]
+        if scale:
+            assert perceptual.loss.mask is mask
+    inside = (mask == 1).expand_as(runs["plain"])
+    assert torch.equal(runs["guided"][inside], runs["plain"][inside])
+    assert not torch.equal(runs["guided"][~inside], runs["plain"][~inside])
