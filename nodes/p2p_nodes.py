@@ -103,6 +103,34 @@ def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, ed
     return edit, result["source"].cpu(), result["mask"]
 
 
+class PSGTextEncode(io.ComfyNode):
+    """CLIP Text Encode that also passes its text on: the P2P sampler aligns the prompts' tokens."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PSGTextEncode",
+            display_name="PSG Text Encode",
+            category="PSG/prompt-to-prompt",
+            description=("Like CLIP Text Encode, and also outputs the text itself, so one prompt box feeds both the "
+                         "inversion (CONDITIONING) and the PSG P2P Sampler (which aligns the prompts' tokens)."),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP."),
+                io.String.Input("text", multiline=True, dynamic_prompts=True, tooltip="The prompt."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="conditioning", tooltip="The encoded prompt, as from CLIP Text Encode."),
+                io.String.Output(display_name="text", tooltip="The prompt text, for the PSG P2P Sampler."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, text) -> io.NodeOutput:
+        if clip is None or not hasattr(clip, "tokenize"):
+            raise ValueError("PSG Text Encode: the 'clip' input is not a CLIP (connect the checkpoint's CLIP output).")
+        return io.NodeOutput(clip.encode_from_tokens_scheduled(clip.tokenize(text)), text)
+
+
 class PSGPromptToPrompt(io.ComfyNode):
     """Settings node: how the edit branch's attention follows the source branch's."""
 
@@ -161,8 +189,8 @@ class PSGP2PSampler(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model the inversion was made with (SD1.x, SD2.x, SDXL)."),
                 io.Clip.Input("clip", tooltip="The model's CLIP: encodes the prompts and gives their tokens for the attention alignment."),
                 PSGInversionType.Input("inversion", tooltip="From PSG Text Guidance Optimisation (or PSG DDIM Inversion): the source branch retraces it."),
-                io.String.Input("source_text", multiline=True, default="a photo of a cat", tooltip="The caption of the photo (the source prompt the inversion used)."),
-                io.String.Input("edit_text", multiline=True, default="a photo of a tiger", tooltip="The edited caption; for replace, the source with words swapped."),
+                io.String.Input("source_text", force_input=True, tooltip="The caption of the photo (the source prompt the inversion used), from PSG Text Encode's text output."),
+                io.String.Input("edit_text", force_input=True, tooltip="The edited caption (for replace: the source with words swapped), from PSG Text Encode's text output."),
                 PSGP2PType.Input("p2p", tooltip="Attention-control settings from PSG Prompt-to-Prompt."),
                 io.Float.Input("w_source", default=0.0, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Edit branch: weight of (source - null). 0 = plain CFG on the edit prompt."),
                 io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Edit branch: weight of (edit - null), the CFG scale. Must not be 0."),
@@ -211,4 +239,4 @@ def _perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion) ->
                             guidance_vae)
 
 
-NODES = [PSGPromptToPrompt, PSGP2PSampler]
+NODES = [PSGTextEncode, PSGPromptToPrompt, PSGP2PSampler]

@@ -67,7 +67,8 @@ class P2PGraph:
                  perceptual_mask: str = "attention mask", blend_threshold: float = 0.3):
         self.g = g = GraphBuilder(prefix="")
         self.ck = ck = g.node("PSGTestTinyCheckpoint", family=family, seed=0)
-        self.source = g.node("CLIPTextEncode", clip=ck.out(1), text=SOURCE)
+        self.source = g.node("PSGTextEncode", clip=ck.out(1), text=SOURCE)
+        self.target = g.node("PSGTextEncode", clip=ck.out(1), text=edit_text)
         self.null = g.node("CLIPTextEncode", clip=ck.out(1), text="")
         self.image = g.node("LoadImage", image=photo)
         self.latent = latent = g.node("VAEEncode", pixels=self.image.out(0), vae=ck.out(2))
@@ -84,7 +85,8 @@ class P2PGraph:
             extra = dict(vae=ck.out(2), reference=self.image.out(0), lpips=g.node("PSGLPIPSLoader", net="alex").out(0),
                          scale=1.0, perceptual_mask=perceptual_mask)
         self.p2p = g.node("PSGP2PSampler", model=ck.out(0), clip=ck.out(1), inversion=self.opt.out(0),
-                          source_text=SOURCE, edit_text=edit_text, p2p=settings.out(0), w_source=w_source,
+                          source_text=self.source.out(1), edit_text=self.target.out(1), p2p=settings.out(0),
+                          w_source=w_source,
                           w_edit=w_edit, **extra)
 
     def reconstruction(self):
@@ -161,7 +163,8 @@ def test_host_p2p_identity_edit_equals_source_branch(comfy_host, photo) -> None:
     assert torch.equal(edit, source)
 
 
-def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, **settings):
+def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, source_text: str = SOURCE,
+         **settings):
     """run_p2p in-process on a negative-prompt inversion of the photo (for hooks on the attention)."""
     pack = comfy_host.pack_module()
     nodes = pack.nodes
@@ -169,7 +172,7 @@ def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, *
     image = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         samples = tm.vae.encode(image)
-        source = tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(SOURCE))
+        source = tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(source_text))
         null = tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(""))
         inv, _ = nodes.inversion_nodes.invert(tm.model, samples, source, steps=STEPS, scheduler="simple", cfg=1.0,
                                               null=None, node="test")
@@ -178,7 +181,7 @@ def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, *
         p2p = nodes.attention_patches
         mode = pack.psg_core.attention_control.P2PMode(settings.pop("mode", "replace"))
         cfg = p2p.P2PSettings(mode=mode, **settings)
-        return nodes.p2p_nodes.run_p2p(tm.model, tm.clip, inv, SOURCE, edit_text, cfg, 0.0, 3.0,
+        return nodes.p2p_nodes.run_p2p(tm.model, tm.clip, inv, source_text, edit_text, cfg, 0.0, 3.0,
                                        observers=observers)
 
 
@@ -297,3 +300,24 @@ def test_host_p2p_split_batch_gives_the_same_edit(comfy_host, tiny_models, monke
     assert calls and max(calls[-4:]) == 1  # one cond per model call
     for a, b in zip(together, split, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
+
+
+def test_host_p2p_prompts_longer_than_77_tokens(comfy_host, tiny_models) -> None:
+    tail = ", " + " ".join(["very detailed"] * 40)
+    seen: list[dict] = []
+    edit, _, _ = _run(comfy_host, tiny_models, "sd15", SWAP + tail, observers=[seen.append], source_text=SOURCE + tail,
+                      blend_words="cat, dog", cross_window=1.0, self_window=0.0)
+    cross = [e for e in seen if e["kind"] == "attn2" and e["edited"]]
+    assert cross and all(e["probs"].shape[-1] == 154 for e in cross)
+    assert all(torch.equal(e["probs"][e["edit_rows"]], e["probs"][e["source_rows"]]) for e in cross)
+    assert torch.isfinite(edit).all()
+
+
+def test_host_p2p_nodes_have_tooltips_and_help_pages(comfy_host) -> None:
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "web" / "docs"
+    for node_id in ("PSGTextEncode", "PSGPromptToPrompt", "PSGP2PSampler"):
+        schema = comfy_host.node_class(node_id).define_schema()
+        assert schema.description and all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
+        assert (docs / f"{node_id}.md").is_file()
