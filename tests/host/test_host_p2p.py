@@ -321,3 +321,29 @@ def test_host_p2p_nodes_have_tooltips_and_help_pages(comfy_host) -> None:
         schema = comfy_host.node_class(node_id).define_schema()
         assert schema.description and all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
         assert (docs / f"{node_id}.md").is_file()
+
+
+def test_host_p2p_cli_runs_the_p2p_workflow_headless(comfy_server, tmp_path) -> None:
+    import json
+
+    from psg_testing.cli_support import read_pixels, run_cli, swap_checkpoint_loader, write_json, write_photo
+
+    from psg_cli import workflow
+
+    save_random_alexnet(comfy_server.base_dir / "models" / "lpips")
+    api = swap_checkpoint_loader(workflow.load_workflow("psg_p2p"), family="sd15")
+    for node in api.values():
+        for key, value in (("steps", 3), ("inner_steps", 1)):
+            if isinstance(node["inputs"].get(key), int):
+                node["inputs"][key] = value
+    twin = write_json(tmp_path / "p2p_tiny.json", api)
+    photo = write_photo(tmp_path / "cat.png")
+    proc = run_cli("edit", photo, "--source", "a photo of a cat", "--target", "a photo of a dog", "--p2p", "replace",
+                   "--blend", "cat, dog", "--reweight", "dog:1.5", "--workflow", twin, "--guidance-vae", "none",
+                   "--server", comfy_server.url, "--out", tmp_path / "out", "--name", "result", "-q")
+    assert proc.returncode == 0, f"{proc.stderr}\n{comfy_server.log_tail()}"
+    assert read_pixels(tmp_path / "out" / "result.png").shape == (128, 128, 3)
+    settings = json.loads((tmp_path / "out" / "result.json").read_text())
+    p2p = next(n for n in settings["prompt"].values() if n["class_type"] == "PSGPromptToPrompt")["inputs"]
+    assert (p2p["mode"], p2p["blend_words"], p2p["reweight_words"]) == ("replace", "cat, dog", "dog:1.5")
+    assert "Edited region" in settings["outputs"]
