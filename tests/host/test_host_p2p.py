@@ -347,3 +347,11 @@ def test_host_p2p_cli_runs_the_p2p_workflow_headless(comfy_server, tmp_path) -> 
     p2p = next(n for n in settings["prompt"].values() if n["class_type"] == "PSGPromptToPrompt")["inputs"]
     assert (p2p["mode"], p2p["blend_words"], p2p["reweight_words"]) == ("replace", "cat, dog", "dog:1.5")
     assert "Edited region" in settings["outputs"]
+
+
+def test_host_p2p_sd2_v_prediction_model_works(comfy_host, tiny_models) -> None:
+    """SD2's text encoder is OpenCLIP-H (tokenizer key 'h'); v-prediction lives in the same space."""
+    seen: list[dict] = []
+    edit, source, _ = _run(comfy_host, tiny_models, "sd2v", SWAP, observers=[seen.append], cross_window=1.0)
+    assert any(e["edited"] and e["kind"] == "attn2" for e in seen)
+    assert torch.isfinite(edit).all() and (edit - source).abs().max() > 1e-4
