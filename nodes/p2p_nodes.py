@@ -57,9 +57,7 @@ def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, ed
     check_matches(inversion, family.name, node)
     if w_edit == 0:
         raise ValueError(f"{node}: w_edit is 0, so there is nothing to edit; set w_edit (e.g. 7.5).")
-    plan = make_plan(clip, source_text, edit_text, settings, node)
-    if plan.mode is not settings.mode and settings.mode is P2PMode.REPLACE:
-        logger.info("%s: word swap with different token counts: using refinement", node)
+    plan = make_plan(clip, source_text, edit_text, settings, node)  # logs a word swap's fallback to refine
     latent_hw = tuple(int(s) for s in inversion.latent_shape[-2:])
     controller = AttentionController(plan, latent_hw, observers=list(observers or []))
     patched = patched_clone(model, controller, blocks)
@@ -150,7 +148,7 @@ class PSGPromptToPrompt(io.ComfyNode):
                 io.Combo.Input("mode", options=[m.value for m in P2PMode], default=P2PMode.REPLACE.value, tooltip="replace: swap words (same token count, else refine is used and logged); refine: the edit prompt adds or changes words, equal tokens are aligned; reweight: like refine, and the reweight_words are scaled."),
                 io.Float.Input("cross_window", default=DEFAULT_CROSS_WINDOW, min=0.0, max=1.0, step=0.05, tooltip="Fraction of the steps (from the first) in which the edit prompt's cross-attention is taken from the source. Higher keeps more layout; 0.8 as in the paper."),
                 io.Float.Input("self_window", default=DEFAULT_SELF_WINDOW, min=0.0, max=1.0, step=0.05, tooltip="Fraction of the steps in which the edit branch's self-attention is the source's (at the coarse layers). Higher keeps more structure and shape; 0.2-0.6 typical."),
-                io.Combo.Input("self_layers", options=list(SELF_LAYERS), default="1/4", tooltip="Which self-attention layers are replaced: those whose side is at most this fraction of the latent side (1/4 as in the paper), or all."),
+                io.Combo.Input("self_layers", options=list(SELF_LAYERS), default="1/4", tooltip="Which self-attention layers are replaced: those whose side is at most this fraction of the latent side (1/4 as in the paper), or all. 1/2 and all keep more structure but hold full-resolution attention maps in memory (GBs at 512 px and above)."),
                 io.String.Input("reweight_words", default="", tooltip="Words of the edit prompt to strengthen or weaken, comma-separated, each with an optional factor: 'tiger:2, striped:0.5'. Used in any mode; required for reweight."),
                 io.Float.Input("reweight_factor", default=2.0, min=-10.0, max=10.0, step=0.1, tooltip="Factor for reweight words given without ':factor'. >1 strengthens, <1 weakens the word."),
                 io.String.Input("blend_words", default="", tooltip="Words that name the edited object in the source and/or edit prompt, e.g. 'cat, tiger'. Their attention gives the edited region: outside it the edit keeps the photo (LocalBlend), and it is the MASK output. Empty = no blending."),
@@ -213,7 +211,7 @@ class PSGP2PSampler(io.ComfyNode):
                 lpips=None, scale=DEFAULT_SCALE, perceptual_mask=MASK_USES[0], guidance_vae=None) -> io.NodeOutput:
         if not isinstance(p2p, P2PSettings):
             raise ValueError(f"{NODE}: the 'p2p' input must come from the {SETTINGS_NODE} node.")
-        perceptual = _perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion)
+        perceptual = make_perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion)
         edit, source, mask = run_p2p(model, clip, inversion, source_text, edit_text, p2p, w_source, w_edit,
                                      perceptual=perceptual, mask_use=perceptual_mask or MASK_USES[0])
         mask_image = torch.nn.functional.interpolate(mask[:, None].float(), scale_factor=LATENT_TO_PIXELS,
@@ -221,7 +219,7 @@ class PSGP2PSampler(io.ComfyNode):
         return io.NodeOutput({"samples": edit}, mask_image, {"samples": source})
 
 
-def _perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion) -> Any:
+def make_perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion) -> Any:
     """The edit branch's PerceptualGuidance, or None when its inputs are not all connected."""
     parts = {"vae": vae, "reference": reference, "lpips": lpips}
     if all(p is None for p in parts.values()) or not scale:

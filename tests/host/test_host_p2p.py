@@ -164,12 +164,13 @@ def test_host_p2p_identity_edit_equals_source_branch(comfy_host, photo) -> None:
 
 
 def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, source_text: str = SOURCE,
-         **settings):
-    """run_p2p in-process on a negative-prompt inversion of the photo (for hooks on the attention)."""
+         size: int = SIZE, perceptual=None, **settings):
+    """run_p2p in-process on a negative-prompt inversion of the photo (for hooks on the attention);
+    ``perceptual(inversion, image)`` may build the edit branch's perceptual guidance."""
     pack = comfy_host.pack_module()
     nodes = pack.nodes
     tm = tiny_models(family)
-    image = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         samples = tm.vae.encode(image)
         source = tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(source_text))
@@ -181,8 +182,9 @@ def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, s
         p2p = nodes.attention_patches
         mode = pack.psg_core.attention_control.P2PMode(settings.pop("mode", "replace"))
         cfg = p2p.P2PSettings(mode=mode, **settings)
+        guidance = perceptual(inv, image) if perceptual is not None else None
         return nodes.p2p_nodes.run_p2p(tm.model, tm.clip, inv, source_text, edit_text, cfg, 0.0, 3.0,
-                                       observers=observers)
+                                       observers=observers, perceptual=guidance)
 
 
 def test_host_p2p_replacement_inside_window_only(comfy_host, tiny_models) -> None:
@@ -252,6 +254,76 @@ def test_host_p2p_local_blend_keeps_source_outside_mask(comfy_host, photo128, fa
     latent_mask = mask[:, ::8, ::8][:, None].expand_as(edit)
     assert torch.equal(edit[latent_mask == 0], source[latent_mask == 0])
     assert not torch.equal(edit[latent_mask == 1], source[latent_mask == 1])
+
+
+def test_host_p2p_local_blend_at_every_blended_step(comfy_host, tiny_models, monkeypatch) -> None:
+    """Every LocalBlend the real run applies leaves the edit branch equal to the source branch outside
+    its mask (recorded around the sampler's own blend call), from the blend start on."""
+    two_branch = comfy_host.pack_module().psg_core.two_branch
+    real = two_branch.local_blend
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def recorded(x_src, x_edit, mask):
+        out = real(x_src, x_edit, mask)
+        calls.append((x_src.clone(), out.clone(), mask.clone()))
+        return out
+
+    monkeypatch.setattr(two_branch, "local_blend", recorded)
+    _run(comfy_host, tiny_models, "sd15", SWAP, size=128, blend_words="cat, dog", blend_threshold=0.9,
+         blend_start=0.5, cross_window=0.5)
+    assert len(calls) == STEPS - int(0.5 * STEPS)
+    for x_src, out, mask in calls:
+        outside = (mask == 0).expand_as(out)
+        assert 0 < int(outside.sum()) < out.numel()
+        assert torch.equal(out[outside], x_src[outside]) and not torch.equal(out, x_src)
+
+
+class _GradientProbe:
+    """Stands in for the perceptual guidance's ImageLoss (attribute reads and writes go to it) and
+    records, at every guided step, the loss gradient w.r.t. the decoded image and the mask in use."""
+
+    def __init__(self, real) -> None:
+        object.__setattr__(self, "real", real)
+        object.__setattr__(self, "seen", [])
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __setattr__(self, name, value) -> None:
+        setattr(self.real, name, value)
+
+    def __call__(self, image, reference):
+        value = self.real(image, reference)
+        (grad,) = torch.autograd.grad(value, image, retain_graph=True)
+        self.seen.append((grad.detach(), self.real.mask))
+        return value
+
+
+def test_host_p2p_attention_mask_zeroes_the_perceptual_gradient_inside(comfy_host, tiny_models,
+                                                                       lpips_folder) -> None:
+    import torch.nn.functional as F
+
+    nodes = comfy_host.pack_module().nodes
+    tm = tiny_models("sd15")
+    probes: list[_GradientProbe] = []
+
+    def perceptual(inversion, image):
+        guidance = nodes.p2p_nodes.make_perceptual(tm.model, tm.vae, image, nodes.lpips_nodes.load("alex"), 1.0, None,
+                                               inversion)
+        guidance.loss = _GradientProbe(guidance.loss)
+        probes.append(guidance.loss)
+        return guidance
+
+    _run(comfy_host, tiny_models, "sd15", SWAP, size=128, perceptual=perceptual, blend_words="cat, dog",
+         blend_threshold=0.9)
+    seen = probes[0].seen
+    assert len(seen) == STEPS
+    for grad, mask in seen:
+        assert mask is not None and mask.shape[-2:] == (16, 16)
+        inside = F.interpolate(mask.to(grad), size=grad.shape[-2:], mode="bilinear", align_corners=False) == 1
+        inside = inside.expand_as(grad)
+        assert 0 < int(inside.sum()) < grad.numel()
+        assert torch.count_nonzero(grad[inside]) == 0 and torch.count_nonzero(grad[~inside]) > 0
 
 
 def test_host_p2p_perceptual_with_attention_mask_runs(comfy_host, photo, lpips_folder) -> None:
