@@ -242,6 +242,12 @@ def test_host_p2p_alignment_on_real_tokens(comfy_host, tiny_models, caplog) -> N
     assert same.mode is modes.REPLACE and same.blend_source == [5] and same.blend_edit == [5]
     with pytest.raises(ValueError, match="neither prompt"):
         patches.make_plan(clip, SOURCE, SWAP, patches.P2PSettings(blend_words="zebra"), "t")
+    # SDXL: alignment reads CLIP-L; CLIP-G's tokens sit at the same positions (only the padding differs)
+    xl = tiny_models("sdxl").clip.tokenize("a photo of a xylophone cat", return_word_ids=True)
+    words = [[t[0] for t in chunk if t[2] > 0] for chunk in (xl["l"][0], xl["g"][0])]
+    assert len(xl["l"][0]) == len(xl["g"][0]) and words[0] == words[1]
+    assert patches.prompt_tokens(tiny_models("sdxl").clip, "a photo of a xylophone cat", "t").meaningful == \
+        longer.meaningful
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
