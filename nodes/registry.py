@@ -11,6 +11,7 @@ def all_nodes() -> list[type[io.ComfyNode]]:
     from .inversion_nodes import PSGDDIMInversion, PSGTextGuidanceOptimize
     from .lpips_nodes import PSGLPIPSLoader
     from .metrics import NODES as METRIC_NODES
+    from .p2p_nodes import NODES as P2P_NODES
     from .sampler_nodes import PSGPerceptualSampler
     from .storage_nodes import PSGLoadInversion, PSGSaveInversion
 
@@ -24,4 +25,5 @@ def all_nodes() -> list[type[io.ComfyNode]]:
         PSGSaveInversion,
         PSGLoadInversion,
         *METRIC_NODES,
+        *P2P_NODES,
     ]

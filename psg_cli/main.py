@@ -50,6 +50,13 @@ def _add_common(p: argparse.ArgumentParser, many_servers: bool) -> None:
     p.add_argument("--seed", type=int, metavar="N", help="seed for every seed input of the workflow")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override any node input; NODE is a node id or title (repeatable)")
+    p2p = p.add_argument_group("prompt-to-prompt (the psg_p2p workflow unless --workflow names another with a "
+                               "PSG Prompt-to-Prompt node)")
+    p2p.add_argument("--p2p", choices=roles.P2P_MODES,
+                     help="attention control: replace (word swap), refine (added words), reweight (--reweight words)")
+    p2p.add_argument("--reweight", metavar="WORDS", help="edit-prompt words to scale, e.g. 'tiger:2, striped:0.5'")
+    p2p.add_argument("--blend", metavar="WORDS", help="words naming the edited object in either prompt, e.g. "
+                                                      "'cat, tiger': LocalBlend and the attention mask")
     p.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up on one edit after S seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="log details (and ComfyUI's log in-process)")
@@ -106,6 +113,29 @@ def _backends(args: argparse.Namespace) -> list[Backend]:
     return [ServerBackend(u, timeout=args.timeout) for u in urls]
 
 
+def _apply_p2p(args: argparse.Namespace) -> None:
+    """``--p2p`` / ``--reweight`` / ``--blend`` -> the psg_p2p workflow and --set values on its
+    Prompt-to-Prompt node (explicit --set values still win: they come after)."""
+    if args.p2p is None:
+        if args.reweight or args.blend:
+            raise CliError("--reweight and --blend need --p2p replace|refine|reweight")
+        return
+    if args.p2p == "reweight" and not args.reweight:
+        raise CliError("--p2p reweight needs --reweight WORDS (e.g. 'tiger:2')")
+    if args.workflow == DEFAULT_WORKFLOW:
+        args.workflow = roles.P2P_WORKFLOW
+    if not workflow.find_role(workflow.load_workflow(args.workflow), roles.P2P_SETTINGS):
+        raise CliError(f"--p2p: the workflow {args.workflow} has no node titled '{roles.P2P_SETTINGS.title}' "
+                       f"(PSG Prompt-to-Prompt); use --workflow {roles.P2P_WORKFLOW}")
+    title = roles.P2P_SETTINGS.title
+    sets = [f"{title}.mode={args.p2p}"]
+    if args.reweight:
+        sets.append(f"{title}.reweight_words={args.reweight}")
+    if args.blend is not None:
+        sets.append(f"{title}.blend_words={args.blend}")
+    args.sets = sets + list(args.sets)
+
+
 def _request(args: argparse.Namespace, **extra: object) -> EditRequest:
     return EditRequest(ckpt=args.ckpt, seed=args.seed, guidance_vae=args.guidance_vae, sets=args.sets,
                        workflow=args.workflow, **extra)
@@ -116,6 +146,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise CliError(f"image not found: {args.image}")
     if args.mask is not None and not args.mask.is_file():
         raise CliError(f"mask not found: {args.mask}")
+    _apply_p2p(args)
     req = _request(args, image=args.image, source=args.source, target=args.target, mask=args.mask,
                    mask_box=args.mask_box)
     workflow.load_workflow(args.workflow)  # a bad name fails before ComfyUI is contacted
@@ -128,6 +159,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    _apply_p2p(args)
     template = workflow.load_workflow(args.workflow)
     out = args.out
     results = args.results or out / "results.json"

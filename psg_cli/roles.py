@@ -28,6 +28,12 @@ GUIDANCE_VAE = Role("Guidance VAE", "vae_name", required=False)
 """The VAELoader feeding ``guidance_vae`` (TAESD: cheap LPIPS gradient); by title only, since a
 workflow's other VAELoader may be the main VAE."""
 
+P2P_SETTINGS = Role("Prompt-to-Prompt", "mode", ("PSGPromptToPrompt",), required=False)
+"""The PSG Prompt-to-Prompt node that ``--p2p`` / ``--reweight`` / ``--blend`` set."""
+P2P_MODES = ("replace", "refine", "reweight")
+P2P_WORKFLOW = "psg_p2p"
+"""The workflow ``--p2p`` runs when no other --workflow is given."""
+
 FILLED_ROLES = (PHOTO, SOURCE, TARGET, CHECKPOINT, MASK, GUIDANCE_VAE)
 SEED_INPUTS = ("seed", "noise_seed")
 MASK_LOADER = "LoadImageMask"

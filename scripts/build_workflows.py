@@ -187,6 +187,42 @@ Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workf
     return Workflow(name, note, [n for n in base.nodes if n.key not in ("grid", "preview")] + extra)
 
 
+def p2p(name: str) -> Workflow:
+    """Prompt-to-prompt on a real photo: source and edit branches in one batch, attention control,
+    LocalBlend and LPIPS guidance outside the attention mask."""
+    steps = 50
+    note = """PSG prompt-to-prompt: the edit keeps the photo's layout because the edit branch borrows the source branch's attention maps.
+
+Photo -> VAE Encode -> PSG DDIM Inversion -> PSG Text Guidance Optimisation -> PSG P2P Sampler -> VAE Decode.
+- Source prompt / Target prompt are PSG Text Encode nodes: their conditioning feeds the inversion, their text feeds the P2P sampler (which aligns the two prompts' tokens with the same CLIP).
+- PSG Prompt-to-Prompt: mode replace (swap words, same token count) / refine (added or changed words) / reweight (reweight_words such as 'tiger:2'); cross_window 0.8 and self_window 0.4 = fraction of the steps with the source's cross- / self-attention; blend_words name the edited object in either prompt (e.g. 'cat, tiger'): outside their attention region the result is the photo's reconstruction (LocalBlend).
+- PSG P2P Sampler: w_edit = edit strength (5-10), w_source = weight of the source prompt in the edit branch; LPIPS guidance (scale) pulls the region outside the attention mask back to the photo (perceptual_mask). Its mask output is the edited region: previewed here, usable as a MASK elsewhere.
+- UNet models only (SD1.x, SD2.x, SDXL).
+Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow """ + name + """ (or --p2p refine on any workflow name)"""
+    loader = [n for n in _loader(roles.DEFAULT_CHECKPOINT) if n.key not in ("source", "target")]
+    return Workflow(name, note, [
+        *loader,
+        Node("source", "PSGTextEncode", roles.SOURCE.title, {"text": "a photo of a tabby cat"}, {"clip": ("ckpt", 1)}),
+        Node("target", "PSGTextEncode", roles.TARGET.title, {"text": "a photo of a tiger"}, {"clip": ("ckpt", 1)}),
+        *_guidance_vae("sd15"),
+        Node("encode", "VAEEncode", None, {}, {"pixels": ("photo", 0), "vae": ("ckpt", 2)}),
+        Node("invert", "PSGDDIMInversion", "DDIM Inversion", {"steps": steps, "scheduler": "simple", "cfg": 1.0},
+             {"model": ("ckpt", 0), "latent": ("encode", 0), "source": ("source", 0)}),
+        Node("optimise", "PSGTextGuidanceOptimize", "Text Guidance Optimisation",
+             {"guidance_scale": 7.5, "inner_steps": 10},
+             {"model": ("ckpt", 0), "inversion": ("invert", 0), "source": ("source", 0), "null": ("null", 0)}),
+        Node("p2p", "PSGPromptToPrompt", "Prompt-to-Prompt", {"mode": "refine", "blend_words": "cat, tiger"}),
+        Node("sampler", "PSGP2PSampler", "P2P Sampler", {"w_source": 0.0, "w_edit": 7.5, "scale": 1.0},
+             {"model": ("ckpt", 0), "clip": ("ckpt", 1), "inversion": ("optimise", 0),
+              "source_text": ("source", 1), "edit_text": ("target", 1), "p2p": ("p2p", 0), "vae": ("ckpt", 2),
+              "reference": ("photo", 0), "lpips": ("lpips", 0), "guidance_vae": ("gvae", 0)}),
+        Node("decode", "VAEDecode", None, {}, {"samples": ("sampler", 0), "vae": ("ckpt", 2)}),
+        Node("maskimage", "MaskToImage", None, {}, {"mask": ("sampler", 1)}),
+        Node("maskpreview", "PreviewImage", "Edited region", {}, {"images": ("maskimage", 0)}),
+        *_outputs(("decode", 0)),
+    ])
+
+
 def all_workflows() -> list[Workflow]:
     return [
         one_node_edit("psg_edit", roles.DEFAULT_CHECKPOINT, 50),
@@ -195,6 +231,7 @@ def all_workflows() -> list[Workflow]:
         advanced("psg_advanced", reconstruct=False),
         advanced("psg_reconstruction", reconstruct=True),
         compare("psg_compare"),
+        p2p("psg_p2p"),
     ]
 
 

@@ -1,0 +1,240 @@
+"""Prompt-to-prompt nodes: the attention-control settings and the two-branch sampler."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from ..psg_core.attention_control import (
+    DEFAULT_BLEND_START,
+    DEFAULT_BLEND_THRESHOLD,
+    DEFAULT_CROSS_WINDOW,
+    DEFAULT_SELF_WINDOW,
+    P2PMode,
+)
+from ..psg_core.perceptual import DEFAULT_SCALE
+from . import host, validation
+from .attention_patches import (
+    SELF_LAYERS,
+    AttentionController,
+    P2PSettings,
+    branch_denoiser,
+    check_unet,
+    make_plan,
+    patched_clone,
+)
+from .inversion_nodes import trajectory_on
+from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, PSGLpipsType, check_matches
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_NODE = "PSG Prompt-to-Prompt"
+NODE = "PSG P2P Sampler"
+PSGP2PType = io.Custom("PSG_P2P")
+MASK_USES = ("attention mask", "whole image")
+"""What the perceptual guidance pulls back to the photo: outside the attention mask, or everything."""
+LATENT_TO_PIXELS = 8
+"""SD1.x / SD2.x / SDXL VAEs: one latent pixel is 8x8 image pixels (the MASK output's size)."""
+
+
+def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, edit_text: str, settings: P2PSettings,
+            w_source: float, w_edit: float, *, perceptual: Any = None, mask_use: str = MASK_USES[0],
+            observers: list | None = None, node: str = NODE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two-branch prompt-to-prompt sampling from ``inversion`` on a patched clone of ``model``.
+
+    Returns the edit LATENT samples, the source-branch LATENT samples and the edited-region mask
+    (latent size, [B, H, W]; zeros when no blend words are given)."""
+    from ..psg_core.guidance import TextGuidance
+    from ..psg_core.null_text import negative_prompt_nulls
+    from ..psg_core.two_branch import two_branch_sample
+
+    settings.validate(node)
+    family = host.detect_family(model, node)
+    blocks = check_unet(model, family, node)
+    check_matches(inversion, family.name, node)
+    if w_edit == 0:
+        raise ValueError(f"{node}: w_edit is 0, so there is nothing to edit; set w_edit (e.g. 7.5).")
+    plan = make_plan(clip, source_text, edit_text, settings, node)  # logs a word swap's fallback to refine
+    latent_hw = tuple(int(s) for s in inversion.latent_shape[-2:])
+    controller = AttentionController(plan, latent_hw, observers=list(observers or []))
+    patched = patched_clone(model, controller, blocks)
+    conds = {name: clip.encode_from_tokens_scheduled(clip.tokenize(text))
+             for name, text in (("null", ""), ("source", source_text), ("edit", edit_text))}
+    source_scale = inversion.guidance_scale if inversion.guidance_scale is not None else w_source + w_edit
+    sigmas = inversion.sigmas.flip(0).clone()
+    result: dict[str, Any] = {}
+
+    def body(h: host.HostModel) -> torch.Tensor:
+        bank = h.bank.embeddings
+        guidance = TextGuidance(bank["null"], bank["source"], bank["edit"], float(w_source), float(w_edit))
+        nulls = offsets = None
+        if inversion.mode == TEXT_MODES[1]:
+            nulls = negative_prompt_nulls(trajectory_on(inversion, h.device, family.space), bank["source"])
+        elif inversion.nulls is not None:
+            nulls = [n.to(h.device) for n in inversion.nulls]
+        if inversion.offsets is not None:
+            offsets = [o.to(h.device) for o in inversion.offsets]
+        blend = controller.blend_mask if controller.blending else None
+        mask_fn = None
+        if perceptual is not None and mask_use == MASK_USES[0]:
+            if not controller.blending:
+                raise ValueError(f"{node}: perceptual guidance with the attention mask needs blend_words in "
+                                 f"{SETTINGS_NODE}; or set perceptual_mask to 'whole image'.")
+            mask_fn = controller.blend_mask
+        out = two_branch_sample(
+            branch_denoiser(h, controller), inversion.noise.to(h.device), sigmas.to(h.device), guidance,
+            source_scale=float(source_scale), space=family.space, nulls=nulls, offsets=offsets,
+            on_step=controller.begin_step, blend=blend, blend_start=settings.blend_start, perceptual=perceptual,
+            perceptual_mask=mask_fn, callback=host.StepReporter(model, inversion.steps),
+        )
+        result["source"] = h.process_latent_out(out.source).detach()
+        mask = controller.blend_mask() if controller.blending else None
+        result["mask"] = (mask[:, 0] if mask is not None else torch.zeros(out.edit.shape[0], *latent_hw)).cpu()
+        return out.edit
+
+    zeros = torch.zeros(inversion.latent_shape)
+    edit = host.run_on_host(patched, conds, zeros, body, family=family, fallback="null", sigmas=inversion.sigmas,
+                            node=node)
+    return edit, result["source"].cpu(), result["mask"]
+
+
+class PSGTextEncode(io.ComfyNode):
+    """CLIP Text Encode that also passes its text on: the P2P sampler aligns the prompts' tokens."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PSGTextEncode",
+            display_name="PSG Text Encode",
+            category="PSG/prompt-to-prompt",
+            description=("Like CLIP Text Encode, and also outputs the text itself, so one prompt box feeds both the "
+                         "inversion (CONDITIONING) and the PSG P2P Sampler (which aligns the prompts' tokens)."),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP."),
+                io.String.Input("text", multiline=True, dynamic_prompts=True, tooltip="The prompt."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="conditioning", tooltip="The encoded prompt, as from CLIP Text Encode."),
+                io.String.Output(display_name="text", tooltip="The prompt text, for the PSG P2P Sampler."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, text) -> io.NodeOutput:
+        if clip is None or not hasattr(clip, "tokenize"):
+            raise ValueError("PSG Text Encode: the 'clip' input is not a CLIP (connect the checkpoint's CLIP output).")
+        return io.NodeOutput(clip.encode_from_tokens_scheduled(clip.tokenize(text)), text)
+
+
+class PSGPromptToPrompt(io.ComfyNode):
+    """Settings node: how the edit branch's attention follows the source branch's."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PSGPromptToPrompt",
+            display_name=SETTINGS_NODE,
+            category="PSG/prompt-to-prompt",
+            description=(
+                "Prompt-to-prompt attention control (Hertz et al.): during a window of steps the edit branch "
+                "takes the source branch's attention maps, so layout and identity stay while the words change. "
+                "replace = word swap, refine = added words (aligned tokens), reweight = strengthen or weaken "
+                "words. Blend words give LocalBlend and an edited-region mask from the attention maps."
+            ),
+            inputs=[
+                io.Combo.Input("mode", options=[m.value for m in P2PMode], default=P2PMode.REPLACE.value, tooltip="replace: swap words (same token count, else refine is used and logged); refine: the edit prompt adds or changes words, equal tokens are aligned; reweight: like refine, and the reweight_words are scaled."),
+                io.Float.Input("cross_window", default=DEFAULT_CROSS_WINDOW, min=0.0, max=1.0, step=0.05, tooltip="Fraction of the steps (from the first) in which the edit prompt's cross-attention is taken from the source. Higher keeps more layout; 0.8 as in the paper."),
+                io.Float.Input("self_window", default=DEFAULT_SELF_WINDOW, min=0.0, max=1.0, step=0.05, tooltip="Fraction of the steps in which the edit branch's self-attention is the source's (at the coarse layers). Higher keeps more structure and shape; 0.2-0.6 typical."),
+                io.Combo.Input("self_layers", options=list(SELF_LAYERS), default="1/4", tooltip="Which self-attention layers are replaced: those whose side is at most this fraction of the latent side (1/4 as in the paper), or all. 1/2 and all keep more structure but hold full-resolution attention maps in memory (GBs at 512 px and above)."),
+                io.String.Input("reweight_words", default="", tooltip="Words of the edit prompt to strengthen or weaken, comma-separated, each with an optional factor: 'tiger:2, striped:0.5'. Used in any mode; required for reweight."),
+                io.Float.Input("reweight_factor", default=2.0, min=-10.0, max=10.0, step=0.1, tooltip="Factor for reweight words given without ':factor'. >1 strengthens, <1 weakens the word."),
+                io.String.Input("blend_words", default="", tooltip="Words that name the edited object in the source and/or edit prompt, e.g. 'cat, tiger'. Their attention gives the edited region: outside it the edit keeps the photo (LocalBlend), and it is the MASK output. Empty = no blending."),
+                io.Float.Input("blend_threshold", default=DEFAULT_BLEND_THRESHOLD, min=0.0, max=1.0, step=0.05, tooltip="Part of the strongest attention above which a pixel counts as edited; lower = larger region. 0.3 as in the paper."),
+                io.Float.Input("blend_start", default=DEFAULT_BLEND_START, min=0.0, max=1.0, step=0.05, tooltip="Fraction of the steps after which LocalBlend starts (the maps are unreliable at the noisiest steps)."),
+            ],
+            outputs=[PSGP2PType.Output(display_name="p2p", tooltip="Prompt-to-prompt settings for the PSG P2P Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, mode, cross_window, self_window, self_layers, reweight_words, reweight_factor, blend_words,
+                blend_threshold, blend_start) -> io.NodeOutput:
+        settings = P2PSettings(P2PMode(mode), cross_window, self_window, self_layers, reweight_words, reweight_factor,
+                               blend_words, blend_threshold, blend_start)
+        settings.validate(SETTINGS_NODE)
+        return io.NodeOutput(settings)
+
+
+class PSGP2PSampler(io.ComfyNode):
+    """Two-branch sampler: source branch reconstructs, edit branch edits under attention control."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PSGP2PSampler",
+            display_name=NODE,
+            category="PSG/prompt-to-prompt",
+            description=(
+                "Edits a real photo with prompt-to-prompt: the source branch reconstructs the photo from the "
+                "inversion (its per-step nulls, the source prompt as null, or the direct-inversion offsets) while "
+                "the edit branch, in the same model call, follows the edit prompt with the triple-prompt guidance "
+                "and the source branch's attention. SD1.x, SD2.x and SDXL. Optional LPIPS guidance pulls the "
+                "region outside the attention mask back to the photo."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model the inversion was made with (SD1.x, SD2.x, SDXL)."),
+                io.Clip.Input("clip", tooltip="The model's CLIP: encodes the prompts and gives their tokens for the attention alignment."),
+                PSGInversionType.Input("inversion", tooltip="From PSG Text Guidance Optimisation (or PSG DDIM Inversion): the source branch retraces it."),
+                io.String.Input("source_text", force_input=True, tooltip="The caption of the photo (the source prompt the inversion used), from PSG Text Encode's text output."),
+                io.String.Input("edit_text", force_input=True, tooltip="The edited caption (for replace: the source with words swapped), from PSG Text Encode's text output."),
+                PSGP2PType.Input("p2p", tooltip="Attention-control settings from PSG Prompt-to-Prompt."),
+                io.Float.Input("w_source", default=0.0, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Edit branch: weight of (source - null). 0 = plain CFG on the edit prompt."),
+                io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Edit branch: weight of (edit - null), the CFG scale. Must not be 0."),
+                io.Vae.Input("vae", optional=True, tooltip="Optional, for perceptual guidance: the model's VAE (or connect guidance_vae too)."),
+                io.Image.Input("reference", optional=True, tooltip="Optional, for perceptual guidance: the photo the edit should stay close to."),
+                PSGLpipsType.Input("lpips", optional=True, tooltip="Optional, for perceptual guidance: from PSG LPIPS Loader."),
+                io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, optional=True, tooltip="Perceptual guidance strength on the edit branch (used when vae, reference and lpips are connected); 0 turns it off."),
+                io.Combo.Input("perceptual_mask", options=list(MASK_USES), default=MASK_USES[0], optional=True, tooltip="attention mask: LPIPS pulls only outside the blend words' region (needs blend_words); whole image: everywhere."),
+                io.Vae.Input("guidance_vae", optional=True, tooltip="Optional: a small VAE (Load VAE -> taesd / taesdxl) used only for the LPIPS gradient."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The edited latent (decode with VAE Decode)."),
+                io.Mask.Output(display_name="mask", tooltip="The edited region found from the blend words' attention (1 = edited), image-sized; preview or edit it and reuse it as a MASK. Zeros without blend words."),
+                io.Latent.Output(display_name="source_latent", tooltip="The source branch's result: the reconstruction of the photo."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, inversion, source_text, edit_text, p2p, w_source, w_edit, vae=None, reference=None,
+                lpips=None, scale=DEFAULT_SCALE, perceptual_mask=MASK_USES[0], guidance_vae=None) -> io.NodeOutput:
+        if not isinstance(p2p, P2PSettings):
+            raise ValueError(f"{NODE}: the 'p2p' input must come from the {SETTINGS_NODE} node.")
+        perceptual = make_perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion)
+        edit, source, mask = run_p2p(model, clip, inversion, source_text, edit_text, p2p, w_source, w_edit,
+                                     perceptual=perceptual, mask_use=perceptual_mask or MASK_USES[0])
+        mask_image = torch.nn.functional.interpolate(mask[:, None].float(), scale_factor=LATENT_TO_PIXELS,
+                                                     mode="nearest")[:, 0]
+        return io.NodeOutput({"samples": edit}, mask_image, {"samples": source})
+
+
+def make_perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion) -> Any:
+    """The edit branch's PerceptualGuidance, or None when its inputs are not all connected."""
+    parts = {"vae": vae, "reference": reference, "lpips": lpips}
+    if all(p is None for p in parts.values()) or not scale:
+        return None
+    missing = [name for name, p in parts.items() if p is None]
+    if missing:
+        raise ValueError(f"{NODE}: perceptual guidance needs vae, reference and lpips; connect {', '.join(missing)} "
+                         "(or none of them, or set scale to 0).")
+    from .sampler_nodes import PerceptualSettings, build_perceptual
+
+    settings = PerceptualSettings(scale=scale, start=0.0, end=1.0, every=1, through_model=False)
+    validation.check_guidance_vae(guidance_vae, model, NODE)
+    latent_hw = tuple(int(s) for s in inversion.latent_shape[-2:])
+    return build_perceptual(vae, reference, lpips, settings, None, model.model.process_latent_out, latent_hw, NODE,
+                            guidance_vae)
+
+
+NODES = [PSGTextEncode, PSGPromptToPrompt, PSGP2PSampler]
