@@ -278,8 +278,8 @@ def test_masked_region_is_not_pulled(scene, lpips_alex, through_model):
     """mask = 1 on the left half (latent columns 0-3): the right half is pulled, the left is not.
 
     Measured (alex, random backbone, scale 1): MPGD puts 5% of its latent moves in the masked
-    columns, all in the border column (interior exactly 0); DPS 18% (the model's Jacobian couples
-    pixels). Either way the masked half's distance to the photo moves < 1%, the kept half's 10-14%.
+    columns, all in the border column (interior exactly 0); DPS 21% (the model's Jacobian couples
+    pixels). Either way the masked half's distance to the photo moves < 1%, the kept half's 14%.
     """
     mask = torch.zeros(32, 32)
     mask[:, :16] = 1
