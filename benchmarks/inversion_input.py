@@ -55,14 +55,16 @@ def comfy_schedule(steps: int, space: NoiseSpace) -> torch.Tensor:
 SCHEDULES = {"analytic test schedule": inversion_sigmas, "ComfyUI simple (SD1.5 / SD3)": comfy_schedule}
 
 
-def round_trip(space: NoiseSpace, sigmas: torch.Tensor, convention: InversionInput, refine: int) -> tuple[float, int]:
+def round_trip(space: NoiseSpace, sigmas: torch.Tensor, convention: InversionInput,
+               refine: int) -> tuple[float, int]:
     errors, calls = [], 0
     for seed in range(SEEDS):
         model = AnalyticMixture.random(k=3, dim=8, std=0.5, space=space, seed=seed)
         source = model.component_embedding(0)
         null = torch.zeros(1, model.dim, dtype=F64)
         x0 = model.sample(1, source, torch.Generator().manual_seed(seed + 10))
-        traj = ddim_invert(model, x0, sigmas, source, space=space, convention=convention, fixed_point_iters=refine)
+        traj = ddim_invert(model, x0, sigmas, source, space=space, convention=convention,
+                           fixed_point_iters=refine)
         calls = model.calls
         back = ddim_sample(model, traj.noise, sigmas.flip(0), TextGuidance(null, source, source, 1.0, 0.0),
                            space=space)

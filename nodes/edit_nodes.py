@@ -1,4 +1,4 @@
-"""One-node edit: inversion -> text optimisation -> guided sampling (the advanced graph's guider and sampler) -> decode."""
+"""One-node edit: inversion -> text optimisation -> the guider + sampler of the advanced graph -> decode."""
 
 from __future__ import annotations
 

@@ -62,22 +62,23 @@ class PSGTripleGuider(comfy.samplers.CFGGuider):
             )
         return inv.steps - m
 
-    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
-               seed=None):
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+               disable_pbar=False, seed=None):
         from ..psg_core.spaces import NoiseSpace
 
         # A stock sampler starts a flow model at (1 - sigma) * latent + sigma * noise: with Disable Noise
         # and sigma 1 that is exactly 0, whatever inverted latent was connected.
         starts_at_zero = (self.space is NoiseSpace.FLOW and len(sigmas) > 0 and float(sigmas[0]) >= 1.0 - 1e-6
                           and not torch.any(noise))
-        if starts_at_zero and not getattr(getattr(sampler, "sampler_function", None), "starts_from_latent", False):
+        sampler_function = getattr(sampler, "sampler_function", None)
+        if starts_at_zero and not getattr(sampler_function, "starts_from_latent", False):
             raise ValueError(
                 f"{NODE}: on a flow model (SD3/Flux) a stock sampler with Disable Noise starts from "
                 "(1 - sigma) * latent = 0, not from the inverted noise. Use the PSG Perceptual Sampler "
                 "(scale 0 for plain DDIM), which starts from the inverted latent."
             )
-        return super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
-                              disable_pbar=disable_pbar, seed=seed)
+        return super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask,
+                              callback=callback, disable_pbar=disable_pbar, seed=seed)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (ComfyUI signature)
         null_c = self.conds.get("negative")
@@ -131,7 +132,8 @@ def check_fitted_scale(inversion: PSGInversion | None, w_source: float, w_edit: 
     total = float(w_source) + float(w_edit)
     if math.isclose(total, inversion.guidance_scale, rel_tol=1e-3, abs_tol=1e-3):
         return True
-    logger.warning(SCALE_MISMATCH, node, inversion.mode, inversion.guidance_scale, total, inversion.guidance_scale)
+    fitted = inversion.guidance_scale
+    logger.warning(SCALE_MISMATCH, node, inversion.mode, fitted, total, fitted)
     return False
 
 

@@ -170,8 +170,8 @@ class PSGDDIMInversion(io.ComfyNode):
         node = "PSG DDIM Inversion"
         samples = latent_samples(latent, node)
         host.embedding_of(source, "source", node)
-        inv, noise = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=cfg, null=null, node=node,
-                            fixed_point_iters=refine or 0)
+        inv, noise = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=cfg, null=null,
+                            node=node, fixed_point_iters=refine or 0)
         logger.info("PSG inversion: %s", inv.describe())
         return io.NodeOutput(inv, {"samples": noise})
 

@@ -180,8 +180,9 @@ class _PerceptualSampling:
             if offsets is not None:
                 guider.fold_offsets = False  # added to the latent below instead
             try:
+                report = host.k_callback_reporter(callback, len(sigmas) - 1)
                 out = ddim_sample(denoise, x, sigmas, None, space=family.space, offsets=offsets,
-                                  perceptual=perceptual, callback=host.k_callback_reporter(callback, len(sigmas) - 1))
+                                  perceptual=perceptual, callback=report)
             finally:
                 if offsets is not None:
                     guider.fold_offsets = True

@@ -40,9 +40,8 @@ from torch import Tensor
 from .guidance import TextGuidance, cfg
 from .spaces import NoiseSpace, batch_view, coefficients, eps_from_x0, marginal_scale, noisy
 
-__all__ = ["InversionInput", "Trajectory", "cfg", "ddim_invert", "ddim_sample", "ddim_step", "inversion_input",
-           "offset_as_x0",
-           "sigma_batch"]
+__all__ = ["InversionInput", "Trajectory", "cfg", "ddim_invert", "ddim_sample", "ddim_step",
+           "inversion_input", "offset_as_x0", "sigma_batch"]
 
 Denoiser = Callable[[Tensor, Tensor, Sequence[Any]], list[Tensor]]
 Callback = Callable[[int, int, Tensor, Tensor], None]

@@ -210,3 +210,20 @@ def test_inversion_refinement_reaches_the_core(comfy_host, photo):
         host.run_on_host(model, {"source": source}, result.output(latent.id)["samples"], body, family=family,
                          fallback="source", sigmas=sigmas, node="test")
         assert torch.equal(core["latents"], trajectories[k]), k
+
+
+def test_offsets_folded_for_a_stock_sampler_land_where_the_psg_sampler_puts_them(comfy_host, photo, lpips_folder):
+    """A stock euler step is this DDIM step: with the offsets folded into x0 by the guider
+    (``offset_as_x0``) it must reach the latents the PSG sampler reaches by adding them."""
+    g, ck, text, image, latent = front("sd15", photo)
+    inv = invert(g, ck, text, latent)
+    lpips = g.node("PSGLPIPSLoader", net="alex")
+    fitted = g.node("PSGTextGuidanceOptimize", model=ck.out(0), inversion=inv.out(0), source=text["source"].out(0),
+                    null=text["null"].out(0), mode="direct offsets", guidance_scale=3.0, inner_steps=1,
+                    tolerance=1e-5)
+    guide = guider(g, ck, text, fitted, w_source=1.0, w_edit=2.0)
+    ours = run_advanced(g, ck, guide, psg_sampler(g, ck, image, lpips), inv)
+    stock = run_advanced(g, ck, guide, g.node("KSamplerSelect", sampler_name="euler"), inv)
+    result = comfy_host.run(g.finalize(), outputs=[ours.id, stock.id])
+    a, b = (result.output(r.id)["samples"] for r in (ours, stock))
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
