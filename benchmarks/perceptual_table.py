@@ -57,7 +57,7 @@ def table() -> str:
     return "\n".join(rows)
 
 
-def steps_table(steps: tuple[int, ...] = (25, 50, 100)) -> str:
+def steps_table(steps: tuple[int, ...] = (30, 50, 100)) -> str:
     """The same scale across step counts (MSE, MPGD, scale 1): the step rule spreads one budget."""
     rows = ["| steps | loss to photo (rel. unguided) | edit retained |", "|---|---|---|"]
     for n in steps:

@@ -1,4 +1,4 @@
-"""One-node edit (issue 5, Deliver 6): inversion -> text optimisation -> guided sampling -> decode."""
+"""One-node edit: inversion -> text optimisation -> the guider + sampler of the advanced graph -> decode."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""Triple-prompt GUIDER (issue 5, Deliver 4): null / source / edit in one model call."""
+"""Triple-prompt GUIDER: null / source / edit in one model call, combined by the core's formula."""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import comfy.samplers
@@ -10,6 +11,8 @@ import node_helpers
 import torch
 from comfy_api.latest import io
 
+from ..psg_core.ddim import offset_as_x0
+from ..psg_core.guidance import triple_combine
 from . import host
 from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, check_matches
 
@@ -19,23 +22,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NODE = "PSG Triple-Prompt Guider"
-
-
-def combine(x0_null: torch.Tensor, x0_source: torch.Tensor, x0_edit: torch.Tensor, w_source: float,
-            w_edit: float) -> torch.Tensor:
-    """x0 = x0_null + w_edit (x0_edit - x0_null) + w_source (x0_source - x0_null) (DESIGN.md §2)."""
-    out = x0_null
-    if w_edit != 0.0:
-        out = out + w_edit * (x0_edit - x0_null)
-    if w_source != 0.0:
-        out = out + w_source * (x0_source - x0_null)
-    return out
+SCALE_MISMATCH = (
+    "%s: the inversion's %s was fitted at guidance scale %.4g but w_source + w_edit = %.4g; the unedited "
+    "parts will not be reproduced faithfully. Set w_source + w_edit to %.4g, or refit at the new scale."
+)
 
 
 class PSGTripleGuider(comfy.samplers.CFGGuider):
-    """CFGGuider over three prompts; with an inversion it also swaps in the per-step optimised
-    null embedding (picked from the sigma) and folds direct-inversion offsets into x0 so that a
-    DDIM (euler) step lands exactly where the offset says."""
+    """CFGGuider over three prompts (``psg_core.guidance.triple_combine``). With an inversion it
+    swaps in the per-step optimised null embedding (picked from the sigma). Direct-inversion offsets
+    belong to the latent after each step: the PSG sampler adds them there itself (``fold_offsets``
+    off); for any other sampler they are folded into x0 (``psg_core.ddim.offset_as_x0``), which a
+    DDIM (euler) step turns back into the same latent move. The model's CFG patches (RescaleCFG,
+    CFGNorm, ...) act on the combined x0 (``_post_cfg``)."""
 
     def set_triple(self, null: Any, source: Any, edit: Any, w_source: float, w_edit: float,
                    inversion: PSGInversion | None, space: NoiseSpace) -> None:
@@ -48,6 +47,10 @@ class PSGTripleGuider(comfy.samplers.CFGGuider):
         self.space = space
         self.fold_offsets = True
 
+    @property
+    def offsets(self) -> tuple[torch.Tensor, ...] | None:
+        return None if self.inversion is None else self.inversion.offsets
+
     def _step_index(self, sigma: float) -> int:
         inv = self.inversion
         m = host.closest_index(inv.sigmas, sigma)
@@ -58,6 +61,24 @@ class PSGTripleGuider(comfy.samplers.CFGGuider):
                 "steps (denoise 1.0) as the inversion, or the PSG Perceptual Sampler."
             )
         return inv.steps - m
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+               disable_pbar=False, seed=None):
+        from ..psg_core.spaces import NoiseSpace
+
+        # A stock sampler starts a flow model at (1 - sigma) * latent + sigma * noise: with Disable Noise
+        # and sigma 1 that is exactly 0, whatever inverted latent was connected.
+        starts_at_zero = (self.space is NoiseSpace.FLOW and len(sigmas) > 0 and float(sigmas[0]) >= 1.0 - 1e-6
+                          and not torch.any(noise))
+        sampler_function = getattr(sampler, "sampler_function", None)
+        if starts_at_zero and not getattr(sampler_function, "starts_from_latent", False):
+            raise ValueError(
+                f"{NODE}: on a flow model (SD3/Flux) a stock sampler with Disable Noise starts from "
+                "(1 - sigma) * latent = 0, not from the inverted noise. Use the PSG Perceptual Sampler "
+                "(scale 0 for plain DDIM), which starts from the inverted latent."
+            )
+        return super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask,
+                              callback=callback, disable_pbar=disable_pbar, seed=seed)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (ComfyUI signature)
         null_c = self.conds.get("negative")
@@ -75,23 +96,45 @@ class PSGTripleGuider(comfy.samplers.CFGGuider):
                 null_c = host.swap_embedding(null_c, inv.nulls[step].to(x.device))
         conds = [null_c, source_c if self.w_source != 0.0 else None, edit_c if self.w_edit != 0.0 else None]
         out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
-        x0 = combine(out[0], out[1], out[2], self.w_source, self.w_edit)
+        x0 = triple_combine(out[0], out[1], out[2], self.w_source, self.w_edit)
+        x0 = self._post_cfg(x0, out[0], null_c, edit_c, x, timestep, model_options)
         if step is not None and inv.offsets is not None and self.fold_offsets:
-            x0 = x0 + self._offset_as_x0(step, timestep, x)
+            m = inv.steps - step
+            offset = inv.offsets[step].to(x.device, x.dtype)
+            x0 = x0 + offset_as_x0(offset, float(inv.sigmas[m]), float(inv.sigmas[m - 1]), self.space)
         return x0
 
-    def _offset_as_x0(self, step: int, timestep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """DDIM: x_next = a_n x0 + b_n (x - a x0) / b, so adding d to x0 moves x_next by
-        d (a_n - b_n a / b); pick d so that move equals the stored offset."""
-        from ..psg_core.spaces import coefficients
+    def _post_cfg(self, x0: torch.Tensor, x0_null: torch.Tensor, null_c: Any, edit_c: Any, x: torch.Tensor,
+                  timestep: torch.Tensor, model_options: dict) -> torch.Tensor:
+        """ComfyUI's CFG patches (``sampler_cfg_function`` such as RescaleCFG, ``sampler_post_cfg_function``
+        such as CFGNorm / CFGZeroStar), through ComfyUI's own ``cfg_function``: the triple mix is CFG at
+        scale g = w_source + w_edit with the effective cond prediction x0_null + (x0 - x0_null) / g,
+        so with w_source = 0 a patch sees exactly what it sees under the stock CFGGuider."""
+        if "sampler_cfg_function" not in model_options and not model_options.get("sampler_post_cfg_function"):
+            return x0
+        scale = self.w_source + self.w_edit
+        if scale == 0.0:
+            logger.warning("%s: w_source + w_edit = 0, so the model's CFG patches (e.g. RescaleCFG, CFGNorm) "
+                           "have no CFG to act on and are not applied.", NODE)
+            return x0
+        cond_pred = x0_null + (x0 - x0_null) / scale
+        return comfy.samplers.cfg_function(self.inner_model, cond_pred, x0_null, scale, x, timestep,
+                                           model_options=model_options, cond=edit_c, uncond=null_c)
 
-        inv = self.inversion
-        m = inv.steps - step
-        sigma, sigma_next = inv.sigmas[m], inv.sigmas[m - 1]
-        a, b = coefficients(self.space, sigma)
-        a_n, b_n = coefficients(self.space, sigma_next)
-        gain = float(a_n) - float(b_n) * float(a) / float(b)
-        return inv.offsets[step].to(x.device, x.dtype) / gain
+
+def check_fitted_scale(inversion: PSGInversion | None, w_source: float, w_edit: float, node: str) -> bool:
+    """Warn when the nulls / offsets were fitted at another CFG scale than w_source + w_edit: they make
+    sampling retrace the inversion only at the scale they were fitted at. Returns whether they agree."""
+    if inversion is None or inversion.mode is None or inversion.guidance_scale is None:
+        return True
+    if inversion.mode == TEXT_MODES[1]:  # negative-prompt inversion does not depend on the scale
+        return True
+    total = float(w_source) + float(w_edit)
+    if math.isclose(total, inversion.guidance_scale, rel_tol=1e-3, abs_tol=1e-3):
+        return True
+    fitted = inversion.guidance_scale
+    logger.warning(SCALE_MISMATCH, node, inversion.mode, fitted, total, fitted)
+    return False
 
 
 def make_guider(model: Any, null: Any, source: Any, edit: Any, w_source: float, w_edit: float,
@@ -101,6 +144,7 @@ def make_guider(model: Any, null: Any, source: Any, edit: Any, w_source: float, 
         host.embedding_of(cond, name, node)
     if inversion is not None:
         check_matches(inversion, family.name, node)
+        check_fitted_scale(inversion, w_source, w_edit, node)
     guider = PSGTripleGuider(model)
     guider.set_triple(null, source, edit, w_source, w_edit, inversion, family.space)
     return guider

@@ -199,13 +199,20 @@ def embedding_of(conditioning: Sequence, name: str, node: str) -> torch.Tensor:
 
 def swap_embedding(processed: list[dict], embedding: torch.Tensor) -> list[dict]:
     """A processed cond list with the first entry's text embedding replaced (pooled output,
-    sizes, guidance and area stay): how optimised null embeddings reach the model."""
+    sizes, guidance and area stay): how optimised null embeddings reach the model.
+
+    The replacement keeps the model's own cond wrapper: SD's UNet cross-attention takes
+    ``CONDCrossAttn`` (shorter prompts may be repeat-padded to a common length), while SD3/Flux
+    take ``CONDRegular``, whose prompts of different lengths must never be padded that way."""
     out = []
     for i, entry in enumerate(processed):
         entry = entry.copy()
         if i == 0:
             model_conds = entry["model_conds"].copy()
-            model_conds[_EMBEDDING_KEY] = comfy.conds.CONDCrossAttn(embedding)
+            wrapper = type(model_conds.get(_EMBEDDING_KEY)) if _EMBEDDING_KEY in model_conds else None
+            if wrapper is None or not issubclass(wrapper, comfy.conds.CONDRegular):
+                wrapper = comfy.conds.CONDCrossAttn
+            model_conds[_EMBEDDING_KEY] = wrapper(embedding)
             entry["model_conds"] = model_conds
         out.append(entry)
     return out

@@ -1,4 +1,4 @@
-"""DDIM inversion and text-guidance optimisation nodes (issue 5, Deliver 2 and 3)."""
+"""DDIM inversion and text-guidance optimisation nodes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ from . import host, validation
 from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, check_matches
 
 logger = logging.getLogger(__name__)
+
+
+REFINE_TOOLTIP = (
+    "Fixed-point refinement: k extra model passes per step, solving each step so that plain DDIM sampling "
+    "retraces it ((steps - 1) x k extra passes: k = 2 at 50 steps is 148 passes instead of 50). 0 = off, the "
+    "standard one-pass inversion. Measured on an exact test model with ComfyUI's SD1.5 / SD3 50-step "
+    "schedules, k = 2 cuts the round-trip error 16x / 59x, leaving null-text or offsets less to correct."
+)
 
 
 def latent_samples(latent: Any, node: str) -> torch.Tensor:
@@ -33,6 +41,7 @@ def invert(
     cfg: float,
     null: Any | None,
     node: str,
+    fixed_point_iters: int = 0,
 ) -> tuple[PSGInversion, torch.Tensor]:
     """Run ``psg_core.ddim_invert`` on the host model; shared by the inversion and edit nodes.
 
@@ -58,6 +67,7 @@ def invert(
             space=family.space,
             null=h.bank.embeddings["null"] if use_cfg else None,
             guidance_scale=float(cfg) if use_cfg else 1.0,
+            fixed_point_iters=int(fixed_point_iters),
             callback=report,
         )
         latents = traj.latents if torch.is_tensor(traj.latents) else torch.stack(list(traj.latents))
@@ -147,19 +157,21 @@ class PSGDDIMInversion(io.ComfyNode):
                 io.Combo.Input("scheduler", options=host.SCHEDULERS, default=host.DEFAULT_SCHEDULER, tooltip="Sigma schedule; sample with the same one. 'simple' (or ddim_uniform) matches DDIM."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance during inversion; 1 (no guidance) is the standard, most faithful choice. Other values need 'null'."),
                 io.Conditioning.Input("null", optional=True, tooltip="Empty-prompt conditioning, only used when cfg is not 1."),
+                io.Int.Input("refine", default=0, min=0, max=10, optional=True, tooltip=REFINE_TOOLTIP),
             ],
             outputs=[
                 PSGInversionType.Output(display_name="inversion", tooltip="The inversion trajectory (latents, sigmas, model family) for the PSG optimiser, guider, sampler and save nodes."),
-                io.Latent.Output(display_name="noise", tooltip="The inverted noise latent; sample from it with noise disabled to rebuild or edit the image."),
+                io.Latent.Output(display_name="noise", tooltip="The inverted noise latent; sample from it with noise disabled to rebuild or edit the image. On flow models (SD3/Flux) use the PSG Perceptual Sampler: a stock sampler with Disable Noise starts them from 0."),
             ],
         )
 
     @classmethod
-    def execute(cls, model, latent, source, steps, scheduler, cfg, null=None) -> io.NodeOutput:
+    def execute(cls, model, latent, source, steps, scheduler, cfg, null=None, refine=0) -> io.NodeOutput:
         node = "PSG DDIM Inversion"
         samples = latent_samples(latent, node)
         host.embedding_of(source, "source", node)
-        inv, noise = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=cfg, null=null, node=node)
+        inv, noise = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=cfg, null=null,
+                            node=node, fixed_point_iters=refine or 0)
         logger.info("PSG inversion: %s", inv.describe())
         return io.NodeOutput(inv, {"samples": noise})
 

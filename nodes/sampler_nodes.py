@@ -1,4 +1,4 @@
-"""Perceptual-guidance SAMPLER (issue 5, Deliver 5): DDIM with an LPIPS step on the Tweedie x0."""
+"""Perceptual-guidance SAMPLER: DDIM with an LPIPS step on the Tweedie x0 (``psg_core.ddim_sample``)."""
 
 from __future__ import annotations
 
@@ -124,7 +124,14 @@ def _spatial_ratio(vae: Any) -> int:
 
 
 class _PerceptualSampling:
-    """The KSAMPLER function: ``psg_core.ddim_sample`` over the GUIDER's combined x0."""
+    """The KSAMPLER function: ``psg_core.ddim_sample`` over the GUIDER's combined x0.
+
+    It starts from the connected latent itself when noise is disabled (right for every family: a
+    stock sampler would start a flow model at (1 - sigma) * latent), and adds a PSG guider's
+    direct-inversion offsets to the latent after each step as the core does, so the perceptual
+    step decodes the true Tweedie estimate."""
+
+    starts_from_latent = True  # read by the PSG guider: this sampler needs no noise_scaling'd start
 
     def __init__(self, vae, reference, lpips, settings: PerceptualSettings, mask, inversion: PSGInversion | None,
                  guidance_vae: Any = None, node: str = NODE):
@@ -140,17 +147,25 @@ class _PerceptualSampling:
 
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         from ..psg_core.ddim import ddim_sample
+        from .guider_nodes import PSGTripleGuider
 
         extra_args = extra_args or {}
         guider = model.inner_model
         base = guider.inner_model
         family = host.detect_family(guider.model_patcher, self.node)
         validation.check_guidance_vae(self.guidance_vae, guider.model_patcher, self.node)
+        offsets_from = guider.inversion if isinstance(guider, PSGTripleGuider) and guider.offsets else None
         with host.grad_context(), host.frozen(base):
             x = host.normal_tensor(x)
             sigmas = host.normal_tensor(sigmas).float()
             if self.inversion is not None:
                 x = self._start_from_inversion(family, x, sigmas)
+            elif _noise_disabled(model):
+                x = host.normal_tensor(model.latent_image).to(x.dtype)
+            offsets = None
+            if offsets_from is not None:
+                self._check_schedule(offsets_from, sigmas)
+                offsets = [o.to(x.device, x.dtype) for o in offsets_from.offsets]
             perceptual = None
             if self.settings.scale > 0:
                 perceptual = build_perceptual(self.vae, self.reference, self.lpips, self.settings, self.mask,
@@ -162,24 +177,40 @@ class _PerceptualSampling:
             def denoise(xx, sigma, conds):
                 return [model(xx, sigma.reshape(-1).expand(xx.shape[0]), **extra_args) for _ in conds]
 
-            out = ddim_sample(denoise, x, sigmas, None, space=family.space, perceptual=perceptual,
-                              callback=host.k_callback_reporter(callback, len(sigmas) - 1))
+            if offsets is not None:
+                guider.fold_offsets = False  # added to the latent below instead
+            try:
+                report = host.k_callback_reporter(callback, len(sigmas) - 1)
+                out = ddim_sample(denoise, x, sigmas, None, space=family.space, offsets=offsets,
+                                  perceptual=perceptual, callback=report)
+            finally:
+                if offsets is not None:
+                    guider.fold_offsets = True
             # the core records NaN for unguided steps; keep the guided ones
             self.losses = [float(v) for v in perceptual.losses if v == v] if perceptual is not None else []
         return out.detach()
 
-    def _start_from_inversion(self, family: host.ModelFamily, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-        """Flow models scale the incoming latent by (1 - sigma) (noise_scaling), so the inverted
-        noise must come from the inversion itself; the schedule must be the inversion's."""
-        inv = self.inversion
-        check_matches(inv, family.name, self.node, latent_shape=tuple(x.shape))
+    def _check_schedule(self, inv: PSGInversion, sigmas: torch.Tensor) -> None:
         expected = inv.sigmas.flip(0).to(sigmas)
         if sigmas.shape != expected.shape or not torch.allclose(sigmas, expected, rtol=1e-3, atol=1e-5):
             raise ValueError(
                 f"{self.node}: the SIGMAS differ from the inversion's schedule ({inv.steps} steps, {inv.scheduler}); "
                 "use BasicScheduler with the same scheduler and steps and denoise 1.0."
             )
+
+    def _start_from_inversion(self, family: host.ModelFamily, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """Start exactly at the inverted noise; the schedule must be the inversion's."""
+        inv = self.inversion
+        check_matches(inv, family.name, self.node, latent_shape=tuple(x.shape))
+        self._check_schedule(inv, sigmas)
         return inv.noise.to(x.device, x.dtype)
+
+
+def _noise_disabled(model: Any) -> bool:
+    """Whether SamplerCustomAdvanced was given zero noise (Disable Noise): then the connected latent
+    (``KSamplerX0Inpaint.latent_image``, model space) is the start itself."""
+    noise, latent = getattr(model, "noise", None), getattr(model, "latent_image", None)
+    return torch.is_tensor(noise) and torch.is_tensor(latent) and not bool(torch.any(noise))
 
 
 def make_sampler(vae, reference, lpips, settings: PerceptualSettings, mask=None, inversion=None,
@@ -216,7 +247,7 @@ class PSGPerceptualSampler(io.ComfyNode):
                 io.Int.Input("every", default=1, min=1, max=100, tooltip="Guide every n-th step only (1 = all); 2-3 halves the cost."),
                 io.Combo.Input("gradient", options=list(GRADIENT_PATHS), default=GRADIENT_PATHS[0], tooltip="x0 (fast): gradient w.r.t. the x0 estimate only, no UNet backward. through model (DPS): w.r.t. the noisy latent through the UNet, slower and heavier."),
                 io.Mask.Input("mask", optional=True, tooltip="Optional: 1 = region to edit freely, 0 = region kept close to the reference."),
-                PSGInversionType.Input("inversion", optional=True, tooltip="Optional: start from this inversion's noise (required for flow models: SD3/Flux). The SIGMAS must match its schedule."),
+                PSGInversionType.Input("inversion", optional=True, tooltip="Optional: start from this inversion's noise (exactly, without a round trip through the LATENT). With Disable Noise the sampler otherwise starts from the connected latent itself, for every model family. The SIGMAS must match its schedule."),
                 io.Vae.Input("guidance_vae", optional=True, tooltip=GUIDANCE_VAE_TOOLTIP),
                 io.Combo.Input("guidance_resolution", options=list(GUIDANCE_RESOLUTIONS), default="full", optional=True, tooltip=GUIDANCE_RESOLUTION_TOOLTIP),
             ],

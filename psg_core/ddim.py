@@ -6,31 +6,42 @@ The one DDIM step (``ddim_step``), for ``x = a(s) x0 + b(s) eps`` (see ``spaces`
     x_next  = a(s') x0_hat + b(s') eps_hat
 
 Sampling walks sigmas downwards with x0_hat = D(x_s, s). Inversion walks upwards and, as in
-Mokady et al. (null-text inversion), evaluates the model at the *target* level,
-x0_hat = D(x_s, s'), so the first step from the clean latent (s = 0) is well defined::
+null-text inversion (Mokady et al.), evaluates the model at the *target* level on the current
+latent, so the first step from the clean latent (s = 0) is well defined. The latent is presented
+at s' with the variance-preserving scaling that the reference (prompt-to-prompt's ``next_step``,
+which feeds the current DDPM latent at the next timestep) implies, r(s) = sqrt(a(s)^2 + b(s)^2)::
 
-    eps_hat = (x - a(s') x0_hat) / b(s');   x0_s = (x - b(s) eps_hat) / a(s)
+    x_in    = x r(s') / r(s)             (VE: x sqrt((1 + s'^2) / (1 + s^2)))
+    eps_hat = (x_in - a(s') D(x_in, s')) / b(s');   x0_s = (x - b(s) eps_hat) / a(s)
     x_next  = a(s') x0_s + b(s') eps_hat
 
-(for VE this is x_next = x + (s' - s) eps_hat, Euler in sigma). The approximation D(x_s, s') for
-D(x_s', s') is what makes inversion first order and what null-text optimisation corrects.
+(``InversionInput.LATENT`` feeds x itself, D(x, s'): measurably worse in both spaces, kept for
+comparison). The approximation D(x_in, s') for D(x_s', s') is what makes inversion first order
+and what null-text optimisation corrects.
 
 ``fixed_point_iters > 0`` refines each step (s > 0) by solving the sampler's own step backwards,
 x_next = (b(s') / b(s)) (x - a(s) D(x_next, s')) + a(s') D(x_next, s'), by fixed-point iteration
 (one extra denoiser call per iteration): sampling then retraces the inversion far more closely.
+
+Direct-inversion offsets are added to the latent after a sampling step (``ddim_sample``);
+``offset_as_x0`` is the same move expressed as a shift of x0_hat, for samplers that only see x0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from .guidance import TextGuidance
-from .spaces import NoiseSpace, batch_view, coefficients, eps_from_x0, noisy
+from .guidance import TextGuidance, cfg
+from .spaces import NoiseSpace, batch_view, coefficients, eps_from_x0, marginal_scale, noisy
+
+__all__ = ["InversionInput", "Trajectory", "cfg", "ddim_invert", "ddim_sample", "ddim_step",
+           "inversion_input", "offset_as_x0", "sigma_batch"]
 
 Denoiser = Callable[[Tensor, Tensor, Sequence[Any]], list[Tensor]]
 Callback = Callable[[int, int, Tensor, Tensor], None]
@@ -40,6 +51,13 @@ class PerceptualHook(Protocol):
     def __call__(self, *, step: int, total: int, x: Tensor, sigma: Tensor, sigma_next: Tensor,
                  x0_hat: Tensor, eps_hat: Tensor, predict: Callable[[Tensor], Tensor],
                  space: NoiseSpace) -> tuple[Tensor, Tensor]: ...
+
+
+class InversionInput(str, Enum):
+    """What an inversion step shows the model at the next level (module docstring)."""
+
+    RESCALED = "rescaled"  # x r(s') / r(s): the reference's DDPM latent at the next timestep (default)
+    LATENT = "latent"  # x itself: D(x_s, s')
 
 
 @dataclass
@@ -69,9 +87,28 @@ def ddim_step(x: Tensor, sigma: Tensor, sigma_next: Tensor, x0_hat: Tensor, spac
     return noisy(x0_hat, eps_from_x0(x, sigma, x0_hat, space), sigma_next, space)
 
 
-def _inversion_step(x: Tensor, sigma: Tensor, sigma_next: Tensor, x0_hat: Tensor, space: NoiseSpace) -> Tensor:
-    """One inversion step with x0_hat = D(x, sigma_next) (module docstring)."""
-    eps_hat = eps_from_x0(x, sigma_next, x0_hat, space)
+def offset_as_x0(offset: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, space: NoiseSpace) -> Tensor:
+    """The x0_hat shift whose DDIM step from ``sigma`` moves x_next by ``offset``.
+
+    x_next = a' x0 + b' (x - a x0) / b, so adding d to x0 moves x_next by d (a' - b' a / b)."""
+    a, b = coefficients(space, sigma)
+    a_n, b_n = coefficients(space, sigma_next)
+    gain = a_n - b_n * a / b
+    return offset / batch_view(gain, offset)
+
+
+def inversion_input(x: Tensor, sigma: Tensor, sigma_next: Tensor, space: NoiseSpace,
+                    convention: InversionInput = InversionInput.RESCALED) -> Tensor:
+    """The latent an inversion step from ``sigma`` shows the model at ``sigma_next``."""
+    if convention is InversionInput.LATENT:
+        return x
+    return x * batch_view(marginal_scale(space, sigma_next) / marginal_scale(space, sigma), x)
+
+
+def _inversion_step(x: Tensor, x_in: Tensor, sigma: Tensor, sigma_next: Tensor, x0_hat: Tensor,
+                    space: NoiseSpace) -> Tensor:
+    """One inversion step with x0_hat = D(x_in, sigma_next) (module docstring)."""
+    eps_hat = eps_from_x0(x_in, sigma_next, x0_hat, space)
     a, b = coefficients(space, sigma)
     x0_here = (x - batch_view(b, x) * eps_hat) / batch_view(a, x)
     return noisy(x0_here, eps_hat, sigma_next, space)
@@ -95,11 +132,6 @@ def _check_sigmas(sigmas: Tensor, ascending: bool, what: str) -> None:
         raise ValueError(f"{what}: sigmas must strictly decrease and end at 0 (got ...{sigmas.tolist()[-4:]})")
 
 
-def cfg(predictions: Sequence[Tensor], guidance_scale: float) -> Tensor:
-    """Classifier-free guidance on [x0_null, x0_cond]."""
-    return predictions[0] + guidance_scale * (predictions[1] - predictions[0])
-
-
 @torch.no_grad()
 def ddim_invert(
     denoise: Denoiser,
@@ -111,13 +143,15 @@ def ddim_invert(
     null: Any = None,
     guidance_scale: float = 1.0,
     fixed_point_iters: int = 0,
+    convention: InversionInput = InversionInput.RESCALED,
     callback: Callback | None = None,
 ) -> Trajectory:
     """DDIM-invert the clean latent ``x0`` along ascending ``sigmas`` under ``cond``.
 
     With ``null`` and ``guidance_scale != 1`` the inversion itself runs under CFG (both conds in
     one call); the default, unguided inversion is what null-text optimisation expects.
-    ``fixed_point_iters`` refines every step above sigma 0 (module docstring).
+    ``fixed_point_iters`` refines every step above sigma 0 (module docstring); ``convention`` says
+    what the model sees at the next level (``InversionInput``).
     """
     _check_sigmas(sigmas, ascending=True, what="ddim_invert")
     if fixed_point_iters < 0:
@@ -132,8 +166,9 @@ def ddim_invert(
     x, latents, n = x0, [x0], len(sigmas) - 1
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        x0_hat = predict(x, s_next)
-        x_next = _inversion_step(x, s, s_next, x0_hat, space)
+        x_in = inversion_input(x, s, s_next, space, InversionInput(convention))
+        x0_hat = predict(x_in, s_next)
+        x_next = _inversion_step(x, x_in, s, s_next, x0_hat, space)
         for _ in range(fixed_point_iters if s > 0 else 0):
             x0_hat = predict(x_next, s_next)
             x_next = _exact_inversion_update(x, s, s_next, x0_hat, space)

@@ -7,6 +7,8 @@ seam). Step rule, with v = x0_hat (MPGD, default) or v = x_t (DPS, ``through_mod
 
     d = scale * (every / n) * rms(x0_hat) * g / rms(g),   g = dL/dv,   per sample
 
+MPGD moves x0_hat by -d (x_next by -a(s') d); DPS moves x_next by -d in full, as in DPS
+(x_next = DDIM(x_t, x0_hat) - d). A step whose correction is exactly zero is not counted (NaN loss).
 i.e. a normalised-gradient step whose length is a fixed fraction of the latent's own size,
 spread evenly over the schedule: ``scale`` is the total budget, in RMS units of x0_hat, that the
 guidance may move the estimate over a full run (if every step pushed the same way). It does not
@@ -25,7 +27,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from .losses import ImageLoss, Metric, as_mask
-from .spaces import NoiseSpace, eps_from_x0
+from .spaces import NoiseSpace, batch_view, coefficients
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +102,18 @@ class PerceptualGuidance:
         size = self.step_size(total)
         with torch.inference_mode(False), torch.enable_grad():
             if self.through_model:
-                new_x0, new_eps, first_loss = self._dps(x, sigma, predict, space, size)
+                new_x0, new_eps, first_loss = self._dps(x, sigma_next, x0_hat, eps_hat, predict, space, size)
             else:
                 new_x0, first_loss = self._mpgd(x0_hat, size)
                 new_eps = eps_hat
+        new_x0, new_eps = new_x0.to(x0_hat.dtype), new_eps.to(eps_hat.dtype)
+        if torch.equal(new_x0, x0_hat) and torch.equal(new_eps, eps_hat):
+            # a zero gradient (e.g. everything masked): the step changed nothing, so it does not count
+            self.losses.append(float("nan"))
+            return x0_hat, eps_hat
         self.losses.append(first_loss)
         logger.debug("perceptual step %d/%d: loss %.5f", step, total, first_loss)
-        return new_x0.to(x0_hat.dtype), new_eps.to(eps_hat.dtype)
+        return new_x0, new_eps
 
     def _mpgd(self, x0_hat: torch.Tensor, size: float) -> tuple[torch.Tensor, float]:
         """Gradient w.r.t. x0_hat only: the denoiser is not differentiated (Manifold-preserving GD)."""
@@ -120,20 +127,25 @@ class PerceptualGuidance:
             x0 = (v - size * unit * grad / _rms(grad).clamp_min(1e-12)).detach()
         return x0, first
 
-    def _dps(self, x: torch.Tensor, sigma: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor],
-             space: NoiseSpace, size: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Gradient w.r.t. x_t through the denoiser (DPS); x_t moves by -d with x0_hat held, which
-        for the next DDIM step means eps_hat' = (x_t - d - a x0_hat) / b."""
-        xt = _for_grad(x)
+    def _dps(self, x: torch.Tensor, sigma_next: torch.Tensor, x0_hat: torch.Tensor, eps_hat: torch.Tensor,
+             predict: Callable[[torch.Tensor], torch.Tensor], space: NoiseSpace,
+             size: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Gradient w.r.t. x_t through the denoiser (DPS). As in DPS, the correction -d found at x_t
+        is applied to x_next in full: x_next = DDIM(x_t) - d. The hook expresses it as
+        x0_hat' = x0_hat - d / a(s'), eps_hat held (a(s') > 0 on every sampling step)."""
+        start = _for_grad(x)
+        xt = start
         first = float("nan")
         for r in range(self.repeats):
             v = xt.requires_grad_(True)
             x0_pred = predict(v).to(v.dtype)
             value, grad = self._loss_and_grad(x0_pred, v)
             first = value if r == 0 else first
-            x0 = x0_pred.detach()
-            xt = (v - size * _rms(x0) * grad / _rms(grad).clamp_min(1e-12)).detach()
-        return x0, eps_from_x0(xt, sigma.detach().clone().to(xt.dtype), x0, space), first
+            xt = (v - size * _rms(x0_pred.detach()) * grad / _rms(grad).clamp_min(1e-12)).detach()
+        correction = start - xt
+        a_next, _ = coefficients(space, sigma_next.detach().clone().to(correction.dtype))
+        new_x0 = x0_hat.to(correction.dtype) - correction / batch_view(a_next, correction)
+        return new_x0, eps_hat, first
 
     def _loss_and_grad(self, x0: torch.Tensor, wrt: torch.Tensor) -> tuple[float, torch.Tensor]:
         """One decode + loss + backward; only ``wrt``'s gradient is kept, the graph is freed."""

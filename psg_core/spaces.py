@@ -57,3 +57,10 @@ def noisy(x0: Tensor, eps: Tensor, sigma: Tensor | float, space: NoiseSpace) -> 
     """The latent at ``sigma``: a x0 + b eps."""
     a, b = coefficients(space, sigma)
     return batch_view(a, x0) * x0 + batch_view(b, x0) * eps
+
+
+def marginal_scale(space: NoiseSpace, sigma: Tensor | float) -> Tensor:
+    """sqrt(a^2 + b^2): the RMS of ``x`` at ``sigma`` for unit-variance data. x / marginal_scale is
+    the variance-preserving (DDPM-style) latent; for VE it is x sqrt(alpha_bar)."""
+    a, b = coefficients(space, sigma)
+    return torch.sqrt(a * a + b * b)

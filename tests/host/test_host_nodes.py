@@ -158,7 +158,7 @@ def test_host_nodes_full_pipeline_and_one_node_edit(comfy_host, tiny_models, pho
 
 def test_host_nodes_text_modes_and_offsets_reconstruct(comfy_host, photo, lpips_folder):
     """w_edit = 0: each text mode gives a finite result; direct offsets retrace the inversion
-    exactly (the guider folds them into x0 for a DDIM step)."""
+    exactly (the PSG sampler adds them to the latent after each step, as the core does)."""
     e = Edit("sd15", photo)
     inv = e.inversion()
     outs = {}
