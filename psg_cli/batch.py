@@ -454,7 +454,7 @@ class BatchRun:
             errors = list(pool.map(check, workers))
         passed = [w for w, e in zip(workers, errors, strict=True) if e is None]
         down = [w for w, e in zip(workers, errors, strict=True) if isinstance(e, UnreachableError)]
-        for worker, err in zip(workers, errors, strict=True):
+        for err in errors:
             if isinstance(err, UnreachableError):
                 self._say(f"psg: warning: {err} Continuing without it (re-checked every {self.recheck_s:g} s).")
             elif err is not None:
