@@ -454,14 +454,14 @@ class BatchRun:
             errors = list(pool.map(check, workers))
         passed = [w for w, e in zip(workers, errors, strict=True) if e is None]
         down = [w for w, e in zip(workers, errors, strict=True) if isinstance(e, UnreachableError)]
-        for err in errors:
+        failed = [e for e in errors if e is not None]
+        for err in failed if passed else failed[1:]:  # with no worker left, the first one is the error
             if isinstance(err, UnreachableError):
                 self._say(f"psg: warning: {err} Continuing without it (re-checked every {self.recheck_s:g} s).")
-            elif err is not None:
+            else:
                 self._say(f"psg: warning: {err}; continuing without it")
         if not passed:
-            first = next(e for e in errors if e is not None)
-            raise first
+            raise failed[0]
         return passed, down
 
     def run(self, workers: list[Worker]) -> dict[str, Any]:

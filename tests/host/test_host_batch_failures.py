@@ -18,10 +18,19 @@ from pathlib import Path
 
 import pytest
 from psg_testing import host
-from psg_testing.cli_support import cli_command, cli_env, img2img_workflow, run_cli, write_json, write_photo
+from psg_testing.cli_support import (
+    cli_command,
+    cli_env,
+    img2img_workflow,
+    run_cli,
+    swap_checkpoint_loader,
+    write_json,
+    write_photo,
+)
 from psg_testing.host_server import ComfyServer, free_port
 
 from psg_cli.journal import read_entries
+from psg_cli.workflow import load_workflow
 
 STEPS_SLOW = "Sampler.steps=12"
 
@@ -158,3 +167,22 @@ def test_host_batch_restarted_client_collects_queued_prompts_from_history(comfy_
     assert states.count((submitted[0]["id"], "submitted")) == 1, states  # not queued a second time
     assert Counter(e["id"] for e in entries(journal, "ok")) == Counter({"item-0": 1, "item-1": 1})
     assert comfy_server.history(prompt_id) is None, "a collected prompt is dropped from /history"
+
+
+def test_host_batch_missing_lpips_file_stops_the_worker_once_before_any_item(comfy_root, files, tmp_path):
+    """The shipped edit workflow on a ComfyUI without the LPIPS backbone file: one message from
+    the worker's preflight, no item tried (in-process, an empty torch hub cache)."""
+    base = tmp_path / "base"
+    host.populate_custom_nodes(base / "custom_nodes")
+    wf = write_json(tmp_path / "wf.json", swap_checkpoint_loader(load_workflow("psg_edit")))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        cli_command("edit-batch", dataset(files, tmp_path / "edits.json", 3), "--comfy-root", comfy_root,
+                    "--base-directory", base, "--workflow", wf, "--guidance-vae", "none", "--out", out),
+        cwd=host.REPO_ROOT, env={**cli_env(), "TORCH_HOME": str(tmp_path / "torch")}, capture_output=True,
+        text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("the workflow's models do not load") == 1, proc.stderr
+    assert "PSG LPIPS Loader" in proc.stderr and "alexnet-owt-7be5be79.pth" in proc.stderr
+    assert not (out / "journal.jsonl").exists() or not entries(out / "journal.jsonl"), "an item was tried"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray  # the optional "ray" extra, part of the dev dependencies
 from psg_testing import host
 from psg_testing.cli_support import (
     cli_command,
@@ -30,13 +31,11 @@ from psg_testing.cli_support import (
     write_photo,
 )
 
-ray = pytest.importorskip("ray", reason="Ray is the optional 'ray' extra (pip install -e '.[ray]')")
-
-from psg_cli.batch import BatchRun  # noqa: E402
-from psg_cli.dataset import load_dataset  # noqa: E402
-from psg_cli.edit import EditRequest  # noqa: E402
-from psg_cli.journal import read_entries  # noqa: E402
-from psg_cli.ray_backend import RaySettings, start_workers  # noqa: E402
+from psg_cli.batch import BatchRun
+from psg_cli.dataset import load_dataset
+from psg_cli.edit import EditRequest
+from psg_cli.journal import read_entries
+from psg_cli.ray_backend import RaySettings, start_workers
 
 N_ITEMS = 6
 SEED = 3
@@ -129,7 +128,7 @@ def test_host_batch_ray_changed_set_reruns_only_affected_items(cluster, files, t
 
     data = json.loads(files["dataset"].read_text())
     data["edits"][4]["target"] = "a watercolour"
-    edited = write_json(tmp_path / "edited.json", data)
+    edited = write_json(files["root"] / "edited.json", data)  # image paths are relative to it
     one = make_run(files, out, sets=["Sampler.steps=3"], dataset=edited)
     one.run(cluster["workers"])
     assert one.skipped == N_ITEMS - 1
