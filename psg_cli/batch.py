@@ -386,17 +386,19 @@ class BatchRun:
         stem = safe_stem(task.item_id)
         number = task.attempt + 1
 
+        queued_ids: list[str] = []
+
         def on_queued(prompt_id: str, prompt: workflow.Prompt, applied: dict[str, Any]) -> None:
+            queued_ids.append(prompt_id)
             self.journal.append(task.item_id, key, "submitted", worker=worker.label, prompt_id=prompt_id,
                                 prompt=prompt, overrides=applied, attempt=task.attempt)
 
-        prompt_id = None
         try:
             rec = None
             if task.queued is not None:
                 rec = worker.collect(task.queued, req, self.out_dir, stem)
                 if rec is not None:
-                    prompt_id = task.queued["prompt_id"]
+                    queued_ids.append(task.queued["prompt_id"])
                     with self.cond:
                         self.collected += 1
             if rec is None:
@@ -404,6 +406,8 @@ class BatchRun:
         except Exception as err:  # every failure is classified; nothing escapes the thread
             kind = classify(err)
             message = str(err) or type(err).__name__
+            if kind is not FailureKind.WORKER_DOWN:
+                self._forget(worker, queued_ids)  # the journal keeps the message
             if kind is FailureKind.WORKER_DOWN:
                 self._give_back(replace(task, queued=None))
                 self._mark_down(worker.label)
@@ -424,9 +428,13 @@ class BatchRun:
         update = {k: rec.get(k) for k in ITEM_FIELDS}
         update.update(status="ok", error=None, kind=None, attempts=number, settings_file=f"{stem}.json")
         self._finish(task.item_id, update, "ok")
-        prompt = rec.get("prompt_id") or prompt_id
-        if prompt:
-            worker.forget(prompt)
+        self._forget(worker, queued_ids)
+
+    @staticmethod
+    def _forget(worker: Worker, prompt_ids: list[str]) -> None:
+        """Drop finished prompts from the server's /history once the journal holds their outcome."""
+        for prompt_id in prompt_ids:
+            worker.forget(prompt_id)
 
     def _work(self, worker: Worker) -> None:
         while True:

@@ -200,12 +200,17 @@ class InProcessBackend:
         self._sink.handler = handler
         comfy.utils.set_progress_bar_global_hook(hook)
         self.running = True
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        if not logger.isEnabledFor(logging.INFO):  # ComfyUI logs a node's traceback; the CLI says it in one line
+            root_logger.setLevel(logging.CRITICAL)
         try:
             if timer is not None:
                 timer.daemon = True
                 timer.start()
             self._executor.execute(prompt, prompt_id, {"client_id": CLIENT_ID}, valid[2])
         finally:
+            root_logger.setLevel(level)
             self.running = False
             if timer is not None:
                 timer.cancel()

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--journal", type=Path, metavar="FILE",
                    help="append-only journal of every item's state (default OUT/journal.jsonl); a rerun "
                         "skips items whose result would be identical and collects prompts still queued")
-    ray = b.add_argument_group("Ray cluster (pip install 'ray[default]'; needs --comfy-root, a path on every node)")
+    ray = b.add_argument_group("Ray cluster (pip install ray; needs --comfy-root, a path on every node)")
     ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                      help="run the batch on Ray actors, each owning one in-process ComfyUI: no value = "
                           "RAY_ADDRESS or a local Ray, 'auto' = the cluster this machine belongs to, or "

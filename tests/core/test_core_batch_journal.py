@@ -160,3 +160,16 @@ def test_core_report_streams_from_a_journal_with_thumbnail_files(tmp_path: Path)
     assert paths["html"].stat().st_size < 1500 * n, "the page must not grow with the images"
     assert report.main([str(shards[0]), "--out", str(tmp_path / "cli")]) == 0
     assert len(json.loads((tmp_path / "cli" / "report.json").read_text())["items"]) == n // 2
+
+
+def test_core_ray_is_imported_only_for_ray_batches() -> None:
+    """The CLI, the batch scheduler and the servers' client work without Ray installed."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import psg_cli.main, psg_cli.batch, psg_cli.server_backend, psg_cli.journal; "
+            "print('ray' in sys.modules)")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

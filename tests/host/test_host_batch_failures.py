@@ -186,3 +186,23 @@ def test_host_batch_missing_lpips_file_stops_the_worker_once_before_any_item(com
     assert proc.stderr.count("the workflow's models do not load") == 1, proc.stderr
     assert "PSG LPIPS Loader" in proc.stderr and "alexnet-owt-7be5be79.pth" in proc.stderr
     assert not (out / "journal.jsonl").exists() or not entries(out / "journal.jsonl"), "an item was tried"
+
+
+def test_host_batch_shards_split_the_list_and_report_together(comfy_server, files, tmp_path):
+    """--shard I/N on two 'machines' (two clients): disjoint items, one report from both journals."""
+    data = dataset(files, tmp_path / "edits.json", 3)
+    out = tmp_path / "out"
+    for shard in ("1/2", "2/2"):
+        proc = run_cli("edit-batch", data, "--server", comfy_server.url, "--workflow", files["workflow"],
+                       "--out", out, "--shard", shard)
+        assert proc.returncode == 0, proc.stderr
+    journals = [out / "journal-shard-1-of-2.jsonl", out / "journal-shard-2-of-2.jsonl"]
+    assert [sorted(e["id"] for e in entries(j, "ok")) for j in journals] == [["item-0", "item-2"], ["item-1"]]
+    assert json.loads((out / "results-shard-2-of-2.json").read_text())["summary"]["total"] == 1
+    report = subprocess.run([*cli_command()[:2], "psg_core.report", *map(str, journals), "--out", str(tmp_path / "r")],
+                            cwd=host.REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    items = json.loads((tmp_path / "r" / "report.json").read_text())["items"]
+    assert sorted(it["id"] for it in items) == ["item-0", "item-1", "item-2"]
+    assert all(it["status"] == "ok" and it["metrics"]["psnr"] is not None for it in items)
+    assert len(list((tmp_path / "r" / "thumbs").glob("*.jpg"))) == 9
