@@ -206,3 +206,32 @@ def test_host_batch_shards_split_the_list_and_report_together(comfy_server, file
     assert sorted(it["id"] for it in items) == ["item-0", "item-1", "item-2"]
     assert all(it["status"] == "ok" and it["metrics"]["psnr"] is not None for it in items)
     assert len(list((tmp_path / "r" / "thumbs").glob("*.jpg"))) == 9
+
+
+def test_host_batch_transient_failure_is_retried_on_the_other_server(comfy_server, comfy_root, files, tmp_path):
+    """A run interrupted on one server (transient) goes back after the backoff and runs on the other."""
+    other = ComfyServer.start(tmp_path / "other_server", comfy_root)
+    out = tmp_path / "out"
+    journal = out / "journal.jsonl"
+    proc = start_cli("edit-batch", dataset(files, tmp_path / "edits.json", 1), "--server", comfy_server.url,
+                     "--server", other.url, "--workflow", files["workflow"], "--out", out,
+                     "--set", "Sampler.steps=300", "--retries", "2", "--backoff", "0.5")
+    servers = {comfy_server.url: comfy_server, other.url: other}
+    try:
+        wait_for(lambda: bool(entries(journal, "submitted")) or proc.poll() is not None, 300, "a queued prompt")
+        first = entries(journal, "submitted")[0]["worker"]
+        wait_for(lambda: bool(servers[first].queue().get("queue_running")), 60, "the prompt to run")
+        servers[first].interrupt()
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        other.stop()
+    assert proc.returncode == 0, stderr
+    states = [(e["state"], e.get("worker") or e.get("record", {}).get("backend")) for e in entries(journal)]
+    second = next(url for url in servers if url != first)
+    assert states == [("submitted", first), ("retry", first), ("submitted", second), ("ok", second)], states
+    retry = entries(journal, "retry")[0]
+    assert retry["kind"] == "transient" and "interrupted" in retry["error"]
+    assert "retrying in 0.5 s" in stderr
+    assert json.loads((out / "results.json").read_text())["items"][0]["attempts"] == 2
