@@ -173,7 +173,10 @@ def _workers(args: argparse.Namespace, template: workflow.Prompt) -> list[Worker
         raise CliError("use either --server or --ray (Ray actors run ComfyUI in-process: give --comfy-root)")
     if not args.comfy_root:
         raise CliError("--ray needs --comfy-root: the ComfyUI folder on every Ray node (same path everywhere)")
-    from .ray_backend import RaySettings, start_workers
+    try:
+        from .ray_backend import RaySettings, start_workers
+    except ImportError as err:
+        raise CliError(f"--ray needs Ray in this Python ({err}): pip install ray") from None
 
     return start_workers(RaySettings(
         address=args.ray or None, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
