@@ -9,6 +9,7 @@ import re
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,12 +20,14 @@ from .progress import ProgressReporter
 
 logger = logging.getLogger(__name__)
 DEFAULT_WORKFLOW = "psg_edit"
+QUEUED_EVENT = "psg_queued"
+"""Event a backend sends (with ``prompt_id``) once a prompt is queued, so a batch can journal it."""
 
 
 class Backend(Protocol):
     label: str
 
-    def object_info(self) -> dict[str, Any]: ...
+    def object_info(self, refresh: bool = False) -> dict[str, Any]: ...
     def upload(self, path: Path, name: str) -> str: ...
     def fetch(self, ref: dict[str, Any]) -> bytes: ...
     def run(self, prompt: workflow.Prompt, on_event: Any) -> dict[str, Any]: ...
@@ -107,11 +110,14 @@ def save_outputs(backend: Backend, prompt: workflow.Prompt, outputs: dict[str, A
     return files, extras
 
 
-def run_edit(backend: Backend, req: EditRequest, out_dir: Path, stem: str, progress: bool = True,
-             progress_prefix: str = "") -> dict[str, Any]:
-    """Do one edit end to end; returns the settings/result record also written to STEM.json."""
-    started = time.monotonic()
-    template = workflow.load_workflow(req.workflow)
+QueuedHook = Callable[[str, workflow.Prompt, dict[str, Any]], None]
+"""Called with (prompt_id, filled prompt, applied --set values) once a server has queued the edit."""
+
+
+def build_prompt(backend: Backend, req: EditRequest, stem: str, template: workflow.Prompt | None = None
+                 ) -> tuple[workflow.Prompt, dict[str, Any]]:
+    """Upload the photo (and mask) and fill the workflow; returns (prompt, applied --set values)."""
+    template = template if template is not None else workflow.load_workflow(req.workflow)
     info = backend.object_info()
     workflow.check_nodes_installed(template, info, backend.label)
     photo = upload(backend, req.image)
@@ -126,12 +132,12 @@ def run_edit(backend: Backend, req: EditRequest, out_dir: Path, stem: str, progr
     workflow.set_output_prefix(prompt, f"psg/{stem}-{uuid.uuid4().hex[:8]}")
     applied = workflow.apply_sets(prompt, info, req.sets)
     workflow.check_values(prompt, info, backend.label)
+    return prompt, applied
 
-    reporter = ProgressReporter(prompt, enabled=progress, prefix=progress_prefix)
-    try:
-        outputs = backend.run(prompt, reporter.event)
-    finally:
-        reporter.finish()
+
+def finish_edit(backend: Backend, req: EditRequest, prompt: workflow.Prompt, applied: dict[str, Any],
+                outputs: dict[str, Any], out_dir: Path, stem: str, started: float) -> dict[str, Any]:
+    """Download the outputs of a finished prompt; write and return the settings/result record."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files, extras = save_outputs(backend, prompt, outputs, out_dir, stem)
     edited_title = workflow.title_of(prompt, _edited_nodes(prompt, outputs)[0])
@@ -157,6 +163,26 @@ def run_edit(backend: Backend, req: EditRequest, out_dir: Path, stem: str, progr
     }
     (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
     return record
+
+
+def run_edit(backend: Backend, req: EditRequest, out_dir: Path, stem: str, progress: bool = True,
+             progress_prefix: str = "", template: workflow.Prompt | None = None,
+             on_queued: QueuedHook | None = None) -> dict[str, Any]:
+    """Do one edit end to end; returns the settings/result record also written to STEM.json."""
+    started = time.monotonic()
+    prompt, applied = build_prompt(backend, req, stem, template)
+    reporter = ProgressReporter(prompt, enabled=progress, prefix=progress_prefix)
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == QUEUED_EVENT and on_queued is not None:
+            on_queued(str(data["prompt_id"]), prompt, applied)
+        reporter.event(kind, data)
+
+    try:
+        outputs = backend.run(prompt, on_event)
+    finally:
+        reporter.finish()
+    return finish_edit(backend, req, prompt, applied, outputs, out_dir, stem, started)
 
 
 def request_dict(req: EditRequest) -> dict[str, Any]:

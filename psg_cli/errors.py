@@ -13,3 +13,17 @@ class RetryableError(CliError):
 
 class UnreachableError(RetryableError):
     """The server cannot be reached at all: other servers should take over its work."""
+
+
+class ExecutionFailed(RetryableError):
+    """A node raised while the workflow ran; ``exception_type`` tells an out-of-memory (worth
+    another try elsewhere) from a bad input (fails the same way every time)."""
+
+    def __init__(self, message: str, exception_type: str = "", exception_message: str = "") -> None:
+        super().__init__(message)
+        self.exception_type = exception_type
+        self.exception_message = exception_message
+
+
+class EditTimeout(RetryableError):
+    """No result within ``--timeout``; the prompt was interrupted and taken off the queue."""

@@ -12,13 +12,15 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import PACK_ROOT, workflow
-from .errors import CliError, RetryableError
+from .errors import CliError, EditTimeout, RetryableError
+from .failures import execution_failed
 
 logger = logging.getLogger(__name__)
 EventHandler = Callable[[str, dict[str, Any]], None]
@@ -104,8 +106,11 @@ def _boot(comfy_root: Path, base_directory: Path | None, cpu: bool) -> None:
 class InProcessBackend:
     """ComfyUI's PromptExecutor in this process."""
 
-    def __init__(self, comfy_root: Path, base_directory: Path | None = None, cpu: bool = False) -> None:
+    def __init__(self, comfy_root: Path, base_directory: Path | None = None, cpu: bool = False,
+                 timeout: float | None = None) -> None:
         boot(comfy_root, base_directory, cpu)
+        self.timeout = timeout
+        self.running = False
         import execution
 
         self.label = f"in-process ComfyUI ({comfy_root})"
@@ -113,9 +118,16 @@ class InProcessBackend:
         self._executor = execution.PromptExecutor(self._sink)
         self._object_info: dict[str, Any] | None = None
 
-    def object_info(self) -> dict[str, Any]:
+    def cancel(self, prompt_id: str | None = None) -> None:
+        """Interrupt the running prompt (ComfyUI checks the flag between sampler steps)."""
+        if self.running:
+            import nodes
+
+            nodes.interrupt_processing()
+
+    def object_info(self, refresh: bool = False) -> dict[str, Any]:
         """The same per-class description a server's ``/object_info`` gives."""
-        if self._object_info is None:
+        if self._object_info is None or refresh:
             from comfy_api.internal import _ComfyNodeInternal
 
             import nodes
@@ -178,17 +190,38 @@ class InProcessBackend:
                 self._sink.last_node_id = data.get("node")
             on_event(event, data)
 
+        timed_out = threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
+            self.cancel()
+
+        timer = threading.Timer(self.timeout, on_timeout) if self.timeout else None
         self._sink.handler = handler
         comfy.utils.set_progress_bar_global_hook(hook)
+        self.running = True
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        if not logger.isEnabledFor(logging.INFO):  # ComfyUI logs a node's traceback; the CLI says it in one line
+            root_logger.setLevel(logging.CRITICAL)
         try:
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
             self._executor.execute(prompt, prompt_id, {"client_id": CLIENT_ID}, valid[2])
         finally:
+            root_logger.setLevel(level)
+            self.running = False
+            if timer is not None:
+                timer.cancel()
             comfy.utils.set_progress_bar_global_hook(None)
             self._sink.handler = None
         on_event("executing", {"node": None, "prompt_id": prompt_id})
         if not self._executor.success:
             for kind, data in self._executor.status_messages:
                 if kind == "execution_error":
-                    raise RetryableError(workflow.describe_execution_error(data, prompt))
-            raise CliError("ComfyUI stopped the run (interrupted)")
+                    raise execution_failed(data, prompt)
+            if timed_out.is_set():
+                raise EditTimeout(f"no result after {self.timeout:.0f} s: interrupted it (raise --timeout?)")
+            raise RetryableError("ComfyUI stopped the run (interrupted)")
         return self._executor.history_result.get("outputs", {})

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 from . import roles, workflow
-from .batch import BatchRun, preflight
+from .batch import BatchRun, LocalWorker, Worker
 from .dataset import load_dataset, safe_stem
 from .edit import DEFAULT_WORKFLOW, Backend, EditRequest, run_edit
-from .errors import CliError, UnreachableError
+from .errors import CliError
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 logger = logging.getLogger("psg_cli")
@@ -26,6 +26,16 @@ def _box(text: str) -> list[float]:
     if len(values) != 4:
         raise argparse.ArgumentTypeError("expected four numbers x0,y0,x1,y1")
     return values
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected I/N, e.g. 1/3 for the first of three machines") from None
+    if count < 1 or not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N, got {text}")
+    return index, count
 
 
 def _add_common(p: argparse.ArgumentParser, many_servers: bool) -> None:
@@ -88,7 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("edits"), metavar="DIR", help="output folder (default edits/)")
     b.add_argument("--results", type=Path, metavar="FILE", help="results JSON (default OUT/results.json)")
     b.add_argument("--image-root", type=Path, metavar="DIR", help="resolve relative image paths here")
-    b.add_argument("--retries", type=int, default=1, metavar="N", help="extra attempts per failed item (default 1)")
+    b.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="extra attempts per item after a transient failure (out of memory, lost connection, "
+                        "timeout), each after a backoff and on another worker when there is one (default 1); "
+                        "an item that fails for a reason that would repeat (bad input) is not retried")
+    b.add_argument("--backoff", type=float, default=2.0, metavar="S",
+                   help="wait S, 2S, 4S... seconds before a retry (default 2)")
+    b.add_argument("--recheck", type=float, default=10.0, metavar="S",
+                   help="re-check a server (or Ray actor) that stopped answering every S seconds and give it "
+                        "work again once it answers (default 10)")
+    b.add_argument("--give-up-after", type=float, default=600.0, metavar="S",
+                   help="when no worker has answered for S seconds, fail the remaining items (default 600)")
+    b.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="edit only items I, I+N, I+2N... (1-based) of the dataset: one client per machine "
+                        "without Ray; each shard keeps its own journal and results file")
+    b.add_argument("--journal", type=Path, metavar="FILE",
+                   help="append-only journal of every item's state (default OUT/journal.jsonl); a rerun "
+                        "skips items whose result would be identical and collects prompts still queued")
+    ray = b.add_argument_group("Ray cluster (pip install ray; needs --comfy-root, a path on every node)")
+    ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run the batch on Ray actors, each owning one in-process ComfyUI: no value = "
+                          "RAY_ADDRESS or a local Ray, 'auto' = the cluster this machine belongs to, or "
+                          "ray://HOST:10001")
+    ray.add_argument("--ray-actors", type=int, metavar="N",
+                     help="number of actors (default: one per GPU of the cluster, else one per CPU slot)")
+    ray.add_argument("--ray-gpus-per-actor", type=float, metavar="G",
+                     help="GPUs each actor reserves (default 1 on a cluster with GPUs, else 0)")
+    ray.add_argument("--ray-cpus-per-actor", type=float, default=1.0, metavar="C",
+                     help="CPUs each actor reserves (default 1)")
     _add_common(b, many_servers=True)
 
     sub.add_parser("workflows", help="list the shipped API workflows")
@@ -102,7 +139,7 @@ def _backends(args: argparse.Namespace) -> list[Backend]:
     if args.comfy_root:
         from .inprocess_backend import InProcessBackend
 
-        return [InProcessBackend(args.comfy_root, args.base_directory, args.cpu)]
+        return [InProcessBackend(args.comfy_root, args.base_directory, args.cpu, timeout=args.timeout)]
     if args.base_directory or args.cpu:
         raise CliError("--base-directory and --cpu only apply with --comfy-root")
     from .server_backend import ServerBackend
@@ -158,31 +195,55 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(args: argparse.Namespace, template: workflow.Prompt) -> list[Worker]:
+    if args.ray is None:
+        if args.ray_actors or args.ray_gpus_per_actor is not None:
+            raise CliError("--ray-actors and --ray-gpus-per-actor only apply with --ray")
+        return [LocalWorker(b) for b in _backends(args)]
+    if args.server:
+        raise CliError("use either --server or --ray (Ray actors run ComfyUI in-process: give --comfy-root)")
+    if not args.comfy_root:
+        raise CliError("--ray needs --comfy-root: the ComfyUI folder on every Ray node (same path everywhere)")
+    try:
+        from .ray_backend import RaySettings, start_workers
+    except ImportError as err:
+        raise CliError(f"--ray needs Ray in this Python ({err}): pip install ray") from None
+
+    return start_workers(RaySettings(
+        address=args.ray or None, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
+        cpus_per_actor=args.ray_cpus_per_actor, comfy_root=str(args.comfy_root),
+        base_directory=str(args.base_directory) if args.base_directory else None, cpu=args.cpu,
+        timeout=args.timeout))
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     _apply_p2p(args)
     template = workflow.load_workflow(args.workflow)
     out = args.out
-    results = args.results or out / "results.json"
+    suffix = f"-shard-{args.shard[0]}-of-{args.shard[1]}" if args.shard else ""
+    results = args.results or out / f"results{suffix}.json"
+    journal = args.journal or out / f"journal{suffix}.jsonl"
     items = load_dataset(args.dataset, out / "_inputs", args.image_root)
+    if args.shard:
+        index, count = args.shard
+        items = items[index - 1::count]
+        if not items:
+            raise CliError(f"--shard {index}/{count}: the dataset has fewer than {index} items")
     req = _request(args, image=Path(), source="", target="")
-    backends = []
-    unreachable: list[UnreachableError] = []
-    for backend in _backends(args):
-        try:
-            preflight(backend, template, req)
-        except UnreachableError as err:  # one server down must not stop the others
-            unreachable.append(err)
-            sys.stderr.write(f"psg: warning: {err} Continuing without it.\n")
-        else:
-            backends.append(backend)
-    if not backends:
-        raise unreachable[0]
+    workers = _workers(args, template)
     settings = {"workflow": args.workflow, "ckpt": args.ckpt, "guidance_vae": args.guidance_vae, "seed": args.seed,
-                "sets": args.sets, "retries": args.retries, "servers": [b.label for b in backends]}
-    run = BatchRun(items, out, results, args.dataset, template, args.retries, settings,
-                   stream=sys.stderr if not args.quiet else io.StringIO())
-    run.load_previous()
-    summary = run.run(backends, req)["summary"]
+                "sets": args.sets, "retries": args.retries, "workers": [w.label for w in workers],
+                "shard": list(args.shard) if args.shard else None}
+    run = BatchRun(items, out, results, args.dataset, template, req, settings, retries=args.retries,
+                   journal_path=journal, backoff_s=args.backoff, recheck_s=args.recheck,
+                   grace_s=args.give_up_after, stream=sys.stderr if not args.quiet else io.StringIO())
+    try:
+        summary = run.run(workers)["summary"]
+    finally:
+        for worker in workers:
+            close = getattr(worker, "close", None)
+            if close is not None:
+                close()
     print(results)
     sys.stderr.write(f"{summary['ok']} ok, {summary['failed']} failed of {summary['total']} "
                      f"({run.skipped} already done) -> {results}\n")

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from . import workflow
-from .errors import CliError, RetryableError, UnreachableError
+from .edit import QUEUED_EVENT
+from .errors import CliError, EditTimeout, RetryableError, UnreachableError
+from .failures import execution_failed
 from .ws import OP_TEXT, WebSocket, WebSocketClosed
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class ServerBackend:
         self.http_timeout = http_timeout
         self.client_id = uuid.uuid4().hex
         self._object_info: dict[str, Any] | None = None
+        self.active_prompt_id: str | None = None
 
     # -- HTTP ---------------------------------------------------------------------------------
     def _request(self, path: str, data: bytes | None = None, headers: dict[str, str] | None = None,
@@ -72,10 +75,38 @@ class ServerBackend:
         except json.JSONDecodeError:
             raise RetryableError(f"{self.url}{path} did not answer JSON; is this a ComfyUI server?") from None
 
-    def object_info(self) -> dict[str, Any]:
-        if self._object_info is None:
+    def object_info(self, refresh: bool = False) -> dict[str, Any]:
+        if self._object_info is None or refresh:
             self._object_info = self._json("/object_info")[1]
         return self._object_info
+
+    def queue_ids(self) -> tuple[list[str], list[str]]:
+        """Prompt ids (running, pending) in the server's queue."""
+        answer = self._json("/queue")[1]
+        return ([str(e[1]) for e in answer.get("queue_running", [])],
+                [str(e[1]) for e in answer.get("queue_pending", [])])
+
+    def cancel(self, prompt_id: str | None = None) -> None:
+        """Stop ``prompt_id`` (default: the one this client is following): interrupt it if it
+        runs, delete it from the queue if it waits. Best effort: the server may be gone."""
+        prompt_id = prompt_id or self.active_prompt_id
+        if not prompt_id:
+            return
+        try:
+            self._request("/interrupt", json.dumps({"prompt_id": prompt_id}).encode(),
+                          {"Content-Type": "application/json"})
+            self._request("/queue", json.dumps({"delete": [prompt_id]}).encode(),
+                          {"Content-Type": "application/json"})
+        except CliError as err:
+            logger.warning("could not cancel prompt %s on %s: %s", prompt_id, self.url, err)
+
+    def forget(self, prompt_id: str) -> None:
+        """Drop a collected prompt from the server's /history (its files stay in output/)."""
+        try:
+            self._request("/history", json.dumps({"delete": [prompt_id]}).encode(),
+                          {"Content-Type": "application/json"})
+        except CliError as err:
+            logger.debug("could not delete %s from %s/history: %s", prompt_id, self.url, err)
 
     def upload(self, path: Path, name: str) -> str:
         """Upload to ComfyUI's input folder as ``name`` (overwrites: names are content hashes)."""
@@ -116,16 +147,41 @@ class ServerBackend:
             if status == 400:
                 raise CliError(workflow.describe_rejection(answer, prompt))
             prompt_id = answer["prompt_id"]
-            deadline = time.monotonic() + self.timeout
-            entry = self._follow(ws, prompt_id, prompt, on_event, deadline)
+            on_event(QUEUED_EVENT, {"prompt_id": prompt_id, "server": self.url})
+            return self._finish(ws, prompt_id, prompt, on_event)
         finally:
             if ws is not None:
                 ws.close()
+
+    def collect(self, prompt_id: str, prompt: workflow.Prompt, on_event: EventHandler) -> dict[str, Any] | None:
+        """The outputs of a prompt queued by an earlier (killed) client: from /history when it
+        finished, by following it when it still runs or waits; None when the server lost it."""
+        if self._history(prompt_id) is None:
+            running, pending = self.queue_ids()
+            if prompt_id not in running + pending:
+                return None
+        ws = self._connect_ws()
+        try:
+            return self._finish(ws, prompt_id, prompt, on_event)
+        finally:
+            if ws is not None:
+                ws.close()
+
+    def _finish(self, ws: WebSocket | None, prompt_id: str, prompt: workflow.Prompt,
+                on_event: EventHandler) -> dict[str, Any]:
+        self.active_prompt_id = prompt_id
+        try:
+            entry = self._follow(ws, prompt_id, prompt, on_event, time.monotonic() + self.timeout)
+        except EditTimeout:
+            self.cancel(prompt_id)
+            raise
+        finally:
+            self.active_prompt_id = None
         state = entry.get("status") or {}
         if state.get("status_str") == "error":
             for kind, data in state.get("messages", []):
                 if kind == "execution_error":
-                    raise RetryableError(workflow.describe_execution_error(data, prompt))
+                    raise execution_failed(data, prompt)
                 if kind == "execution_interrupted":
                     raise RetryableError(f"the run was interrupted on {self.url}")
             raise CliError(f"ComfyUI reported an error on {self.url} (see its log)")
@@ -152,7 +208,7 @@ class ServerBackend:
                         if data.get("prompt_id") != prompt_id:
                             continue
                         if kind == "execution_error":
-                            raise RetryableError(workflow.describe_execution_error(data, prompt))
+                            raise execution_failed(data, prompt)
                         if kind == "execution_interrupted":
                             raise RetryableError(f"the run was interrupted on {self.url}")
                         if not (kind == "execution_success" or (kind == "executing" and data.get("node") is None)):
@@ -165,4 +221,5 @@ class ServerBackend:
             if entry is not None:  # /history holds a prompt only once it has finished
                 on_event("executing", {"node": None, "prompt_id": prompt_id})
                 return entry
-        raise RetryableError(f"no result from {self.url} after {self.timeout:.0f} s (raise --timeout?)")
+        raise EditTimeout(f"no result from {self.url} after {self.timeout:.0f} s: interrupted it and took it "
+                          f"off the queue (raise --timeout?)")

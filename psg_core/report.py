@@ -24,9 +24,15 @@ the ``bg_`` background-only variants. When the edit's size differs from the phot
 sizes are multiples of 8), the photo is resized to the edit first. Per edit type and overall:
 mean and population standard deviation (ddof 0) over the items that have the metric.
 
+The input may also be the batch journal (``journal.jsonl``, one JSON line per state change,
+``record`` holding the item): the last record of each item counts, so a report can be made of
+a batch still running or of several shards' journals together.
+
 Outputs in ``out_dir``: ``report.csv`` (one row per item), ``report.json`` (items, per-type
-and overall statistics) and ``report.html`` (thumbnails as base64 JPEG data URIs, no external
-resources).
+and overall statistics) and ``report.html``. Thumbnails are JPEG files in ``thumbs/`` linked
+from the page (items are measured one at a time and their images dropped, so 10,000 items fit
+in memory and the page opens); ``thumbnails="inline"`` embeds them as data URIs instead (one
+self-contained file, for small batches).
 """
 
 from __future__ import annotations
@@ -74,6 +80,8 @@ class ItemReport:
     output: str | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)
     images: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    thumbs: dict[str, str] = field(default_factory=dict)
+    """Thumbnail files (relative to the report folder) once written; ``images`` is then dropped."""
 
 
 @dataclass
@@ -86,9 +94,27 @@ class Report:
 
 
 # --------------------------------------------------------------------------- reading
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """The last ``record`` of each item in a batch journal (JSON lines; a torn line is skipped)."""
+    latest: dict[str, dict[str, Any]] = {}
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("record"), dict) and entry["record"].get("id"):
+                latest[str(entry["record"]["id"])] = entry["record"]
+    return list(latest.values())
+
+
 def read_results(path: str | Path) -> tuple[list[dict[str, Any]], Path]:
-    """The item records of a results file and the folder their paths are relative to."""
+    """The item records of a results file (or journal) and the folder their paths are relative to."""
     path = Path(path)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise FileNotFoundError(f"report: no journal at {path} (run `edit-batch` first).")
+        return read_journal(path), path.parent
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -219,16 +245,39 @@ def _ordered_names(items: Sequence[ItemReport]) -> list[str]:
     return sorted(seen, key=lambda k: (rank.get(k, len(rank)), k))
 
 
-def build_report(results_path: str | Path, lpips_module: object | None = None) -> Report:
-    records, base = read_results(results_path)
-    items = [measure_item(r, base, lpips_module) for r in records]
+def _thumb_file(image: torch.Tensor, path: Path, size: int) -> None:
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    im = Image.fromarray(arr)
+    im.thumbnail((size, size), Image.Resampling.LANCZOS)
+    im.save(path, format="JPEG", quality=85)
+
+
+def build_report(results_path: str | Path | Sequence[str | Path], lpips_module: object | None = None,
+                 thumb_dir: Path | None = None, thumb_size: int = THUMB_SIZE) -> Report:
+    """Measure every item; with ``thumb_dir``, write its thumbnails there as it goes and keep
+    only their paths (relative to ``thumb_dir``'s parent), not the images."""
+    paths = [results_path] if isinstance(results_path, (str, Path)) else list(results_path)
+    items: list[ItemReport] = []
+    if thumb_dir is not None:
+        thumb_dir.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        records, base = read_results(path)
+        for record in records:
+            it = measure_item(record, base, lpips_module)
+            if thumb_dir is not None and it.images:
+                stem = f"{len(items):06d}"
+                for kind, image in it.images.items():
+                    _thumb_file(image, thumb_dir / f"{stem}_{kind}.jpg", thumb_size)
+                    it.thumbs[kind] = f"{thumb_dir.name}/{stem}_{kind}.jpg"
+                it.images = {}
+            items.append(it)
     names = _ordered_names(items)
     by_type: dict[str, dict[str, dict[str, float | int]]] = {}
     for t in dict.fromkeys(it.type for it in items):
         group = [it for it in items if it.type == t]
         by_type[t] = {n: stats([it.metrics.get(n) for it in group]) for n in names}
     overall = {n: stats([it.metrics.get(n) for it in items]) for n in names}
-    return Report(items, names, by_type, overall, str(results_path))
+    return Report(items, names, by_type, overall, ", ".join(str(p) for p in paths))
 
 
 # --------------------------------------------------------------------------- writing
@@ -309,7 +358,8 @@ def write_html(report: Report, path: Path, thumb_size: int = THUMB_SIZE) -> None
                  f"<th>source</th><th>edit</th><th>|difference|</th>{head}</tr>")
     for it in report.items:
         imgs = "".join(
-            f"<td class='img'><img alt='{k}' src='{_thumb(it.images[k], thumb_size)}'></td>" if k in it.images
+            f"<td class='img'><img alt='{k}' loading='lazy' src='{esc(it.thumbs[k])}'></td>" if k in it.thumbs
+            else f"<td class='img'><img alt='{k}' src='{_thumb(it.images[k], thumb_size)}'></td>" if k in it.images
             else "<td></td>" for k in ("source", "edit", "diff"))
         note = f"<br><span class='small'>{esc(it.status)}: {esc(str(it.error))}</span>" if it.error else ""
         cells = "".join(f"<td>{_num(it.metrics.get(m))}</td>" for m in names)
@@ -320,12 +370,18 @@ def write_html(report: Report, path: Path, thumb_size: int = THUMB_SIZE) -> None
     path.write_text("\n".join(parts), encoding="utf-8")
 
 
-def write_report(results_path: str | Path, out_dir: str | Path | None = None, *, lpips_module: object | None = None,
-                 thumb_size: int = THUMB_SIZE) -> dict[str, Path]:
-    """Measure and write report.csv, report.json and report.html; returns their paths."""
-    out = Path(out_dir) if out_dir is not None else Path(results_path).parent
+def write_report(results_path: str | Path | Sequence[str | Path], out_dir: str | Path | None = None, *,
+                 lpips_module: object | None = None, thumb_size: int = THUMB_SIZE,
+                 thumbnails: str = "files") -> dict[str, Path]:
+    """Measure and write report.csv, report.json and report.html (thumbnails as files in
+    ``thumbs/``, or ``thumbnails="inline"`` data URIs); returns their paths."""
+    if thumbnails not in ("files", "inline"):
+        raise ValueError(f"report: thumbnails must be 'files' or 'inline', got {thumbnails!r}.")
+    first = Path(results_path if isinstance(results_path, (str, Path)) else results_path[0])
+    out = Path(out_dir) if out_dir is not None else first.parent
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(results_path, lpips_module)
+    report = build_report(results_path, lpips_module, out / "thumbs" if thumbnails == "files" else None,
+                          thumb_size)
     paths = {"csv": out / "report.csv", "json": out / "report.json", "html": out / "report.html"}
     write_csv(report, paths["csv"])
     paths["json"].write_text(json.dumps(report_dict(report), indent=2) + "\n", encoding="utf-8")
@@ -337,11 +393,15 @@ def write_report(results_path: str | Path, out_dir: str | Path | None = None, *,
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m psg_core.report RESULTS.json [--out DIR] [--lpips alex --lpips-dir DIR]``."""
     parser = argparse.ArgumentParser(prog="python -m psg_core.report", description=__doc__.split("\n")[0])
-    parser.add_argument("results", help="results JSON written by edit-batch")
+    parser.add_argument("results", nargs="+",
+                        help="results JSON or journal.jsonl written by edit-batch (several: one report, "
+                             "e.g. the journals of --shard runs)")
     parser.add_argument("--out", default=None, help="output folder (default: next to the results file)")
     parser.add_argument("--lpips", choices=("alex", "vgg", "squeeze"), default=None,
                         help="also measure LPIPS with this network (its backbone weights must be on disk)")
     parser.add_argument("--lpips-dir", action="append", default=[], help="folder holding the LPIPS backbone weights")
+    parser.add_argument("--inline-thumbnails", action="store_true",
+                        help="embed thumbnails in report.html (one file; for small batches) instead of thumbs/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     module = None
@@ -350,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         module = load_lpips(args.lpips, args.lpips_dir)
     try:
-        paths = write_report(args.results, args.out, lpips_module=module)
+        paths = write_report(args.results, args.out, lpips_module=module,
+                             thumbnails="inline" if args.inline_thumbnails else "files")
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}")
         return 2

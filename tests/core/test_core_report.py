@@ -80,7 +80,7 @@ def results(tmp_path: Path) -> Path:
 
 
 def test_core_report_csv_json_html_agree_and_match_skimage(results: Path, tmp_path: Path) -> None:
-    paths = report.write_report(results, tmp_path / "rep")
+    paths = report.write_report(results, tmp_path / "rep", thumbnails="inline")
     data = json.loads(paths["json"].read_text())
     with paths["csv"].open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -146,7 +146,7 @@ def test_core_report_mask_box_and_errors(tmp_path: Path) -> None:
 
 def test_core_report_main_writes_files(results: Path, tmp_path: Path, capsys) -> None:
     assert report.main([str(results), "--out", str(tmp_path / "cli")]) == 0
-    assert {p.name for p in (tmp_path / "cli").iterdir()} == {"report.csv", "report.json", "report.html"}
+    assert {p.name for p in (tmp_path / "cli").iterdir()} == {"report.csv", "report.json", "report.html", "thumbs"}
     assert report.main([str(tmp_path / "missing.json")]) == 2
     assert "edit-batch" in capsys.readouterr().out
 
