@@ -2,7 +2,7 @@
 and driven in headless Chromium, exactly as a user dropping the file on the canvas: no missing-node
 dialog, no error toast or console/page error, every node known to the frontend, the graph
 (nodes, links, widget values) as in the file, and the frontend's own API conversion
-(``app.graphToPrompt``) equal to the ``workflows/api/`` twin. A screenshot of each lands in
+(``app.graphToPrompt``) equal to the ``example_workflows/api/`` twin. A screenshot of each lands in
 ``tests/artifacts/frontend/``. Needs ``bash scripts/setup_browser.sh`` (skips with the reason otherwise)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from psg_testing.cli_support import write_photo
 
 logger = logging.getLogger(__name__)
 
-WORKFLOWS = host.REPO_ROOT / "workflows"
+WORKFLOWS = host.REPO_ROOT / "example_workflows"
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 ARTIFACTS = host.REPO_ROOT / "tests" / "artifacts" / "frontend"
 EXAMPLE_PHOTO = "example.png"
@@ -75,7 +75,7 @@ def test_host_frontend_loads_dropped_workflow(frontend, name):
         assert loaded[node_id].get("widgets_values", []) == node.get("widgets_values", []), \
             f"{name}: node {node_id} ({node['type']}) widget values changed on load"
     assert sorted(report.graph["links"]) == sorted(ui["links"]), f"{name}: links changed on load"
-    assert report.prompt == api, f"{name}: the frontend's graphToPrompt differs from workflows/api/{name}.json"
+    assert report.prompt == api, f"{name}: the frontend's graphToPrompt differs from example_workflows/api/{name}.json"
 
 
 def test_host_frontend_check_catches_a_missing_node(frontend):
