@@ -191,7 +191,7 @@ def _edit_note(name: str, family: Family) -> str:
  - inner_steps: null-text iterations per step (10 in the paper, 3-5 faster).
  - scale / start / end: LPIPS guidance strength (0 = off, 0.5-2 typical) and when it acts; higher keeps more of the photo.
  - guidance_vae (Guidance VAE, see its note) / guidance_resolution: what decodes the x0 estimates for LPIPS.
- Changing only scale / start / end / w_edit / w_source / the target prompt reuses the inversion: the next run skips straight to sampling.
+ PSG Edit remembers its inversion: after changing only scale / start / end / the mask / the Target prompt the next run goes straight to sampling; a new w_edit or w_source re-fits the null-text but keeps the inversion.
 5. Edited image is saved to output/psg/; 'Before | after' previews the photo next to the edit at working size."""
     if family.advice:
         note += f"\n{family.label}: {family.advice}"
