@@ -551,33 +551,96 @@ def _uuid(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------ thumbnail
-TYPE_COLOURS = {"MODEL": "#b39ddb", "CLIP": "#ffd54f", "VAE": "#ef9a9a", "CONDITIONING": "#ffa726",
-                "LATENT": "#ff80ab", "IMAGE": "#64b5f6", "MASK": "#81c784"}
+KEY_NODES = ("LoadImage", "PSGFitImage", "CheckpointLoaderSimple", "FluxGuidance", "PSGLoadInversion",
+             "PSGDDIMInversion", "PSGTextGuidanceOptimize", "PSGSaveInversion", "PSGTriplePromptGuider",
+             "PSGPerceptualSampler", "PSGEdit", "PSGImageMetrics", "PSGCompareGrid", "ImageScale", "SaveImage")
+"""What a thumbnail shows, in this order: the photo's path through the method to the saved edit."""
+BOX_COLOURS = {"PSG": ("#1f3d2e", "#5fbf8f"), "": ("#2b2b2b", "#8a8a8a")}
+PER_ROW = 4
 
 
-def thumbnail(ui: dict[str, Any], dest: Path) -> None:
-    """A rendered overview of the graph (boxes, titles, coloured links) as a small JPEG."""
-    from PIL import Image, ImageDraw, ImageFont
+def _facts(n: Node) -> list[str]:
+    """One or two short lines of the node's settings that matter to a reader."""
+    v = n.values
+    facts = {
+        "CheckpointLoaderSimple": [str(v.get("ckpt_name", ""))[:30]],
+        "LoadImage": ["any size", "mask: paint in editor"],
+        "PSGFitImage": [f"long side {v.get('long_side')} px", f"sides x{v.get('multiple')}"],
+        "FluxGuidance": [f"guidance {v.get('guidance')} (distilled)"],
+        "PSGLoadInversion": ["a saved inversion", "no inversion, no optimisation"],
+        "PSGDDIMInversion": [f"{v.get('steps')} steps", "under the source prompt"],
+        "PSGTextGuidanceOptimize": ["null-text optimisation", "per-step nulls"],
+        "PSGSaveInversion": ["psg_inversions/", "file name on the canvas"],
+        "PSGTriplePromptGuider": [f"w_edit {v.get('w_edit')}", f"w_source {v.get('w_source')}"],
+        "PSGPerceptualSampler": [f"LPIPS scale {v.get('scale')}", "keeps the rest"],
+        "PSGEdit": [f"{v.get('steps')} steps, w_edit {v.get('w_edit')}", f"LPIPS scale {v.get('scale')}"],
+        "PSGImageMetrics": ["PSNR / SSIM / LPIPS", "shown on the canvas"],
+        "PSGCompareGrid": ["photo | edit | difference"],
+        "ImageScale": ["back to photo size", "or keep working size"],
+        "SaveImage": ["output/psg/"],
+    }
+    return facts.get(n.cls, [])
 
-    x1 = max(n["pos"][0] + n["size"][0] for n in ui["nodes"]) + 30
-    y1 = max(n["pos"][1] + n["size"][1] for n in ui["nodes"]) + 30
-    scale = min(768 / x1, 512 / y1)
-    img = Image.new("RGB", (round(x1 * scale), round(y1 * scale)), "#202020")
+
+def key_node_picture(wf: Workflow, width: int = 768, title: str | None = None) -> Any:
+    """The workflow's key nodes as a readable chain of boxes (titles and the settings that matter),
+    not the whole graph: what a person needs to recognise the template at thumbnail size."""
+    from PIL import Image, ImageDraw
+
+    from psg_core.plots import font
+
+    chain = sorted((n for n in wf.nodes if n.cls in KEY_NODES and n.key != "target"),
+                   key=lambda n: KEY_NODES.index(n.cls))
+    rows = [chain[i:i + PER_ROW] for i in range(0, len(chain), PER_ROW)]
+    unit = width / 768
+    gap, pad, box_h, head = round(34 * unit), round(16 * unit), round(104 * unit), round(52 * unit)
+    box_w = (width - 2 * pad - (PER_ROW - 1) * gap) // PER_ROW
+    height = head + len(rows) * (box_h + gap) - gap + 2 * pad
+    img = Image.new("RGB", (width, height), "#161616")
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=max(9, round(26 * scale)))
-    by_id = {n["id"]: n for n in ui["nodes"]}
-    for _, src, _, dst, _, kind in ui["links"]:
-        a, b = by_id[src], by_id[dst]
-        p = ((a["pos"][0] + a["size"][0]) * scale, (a["pos"][1] + 20) * scale)
-        q = (b["pos"][0] * scale, (b["pos"][1] + 20) * scale)
-        draw.line([p, q], fill=TYPE_COLOURS.get(kind, "#9e9e9e"), width=max(1, round(3 * scale)))
-    for n in ui["nodes"]:
-        x, y = n["pos"][0] * scale, n["pos"][1] * scale
-        w, h = n["size"][0] * scale, n["size"][1] * scale
-        fill = "#653" if n["type"] == "Note" else ("#2e4a3a" if n["type"].startswith("PSG") else "#353535")
-        draw.rounded_rectangle([x, y, x + w, y + h], radius=4, fill=fill, outline="#777")
-        draw.text((x + 4, y + 2), n.get("title", n["type"]), fill="#eeeeee", font=font)
-    img.save(dest, "JPEG", quality=88)
+    big, mid, small = font(round(24 * unit)), font(round(16 * unit)), font(round(13 * unit))
+    draw.text((pad, pad), title or wf.name, fill="#ffffff", font=big)
+    centres = []
+    for r, row in enumerate(rows):
+        y = head + pad + r * (box_h + gap)
+        for c, n in enumerate(row):
+            x = pad + c * (box_w + gap)
+            fill, edge = BOX_COLOURS["PSG" if n.cls.startswith("PSG") else ""]
+            draw.rounded_rectangle([x, y, x + box_w, y + box_h], radius=round(8 * unit), fill=fill, outline=edge,
+                                   width=max(1, round(2 * unit)))
+            room = box_w - round(14 * unit)
+
+            def fit(text: str, f: Any, room: int = room) -> str:
+                """The text, shortened with an ellipsis until it fits the box."""
+                while text and draw.textlength(text, font=f) > room:
+                    text = text[:-2] + "\u2026"
+                return text
+
+            name = n.title or n.cls
+            draw.text((x + round(8 * unit), y + round(6 * unit)), fit(name, mid), fill="#ffffff", font=mid)
+            for i, line in enumerate(_facts(n)[:2]):
+                draw.text((x + round(8 * unit), y + round((36 + 22 * i) * unit)), fit(line, small), fill="#c8c8c8",
+                          font=small)
+            centres.append((x, y, box_w, box_h))
+    for (x0, y0, w0, h0), (x1, y1, _, h1) in zip(centres, centres[1:], strict=False):
+        colour, thick = "#e0b050", max(2, round(3 * unit))
+        if y1 == y0:  # same row: straight arrow
+            a, b = (x0 + w0, y0 + h0 // 2), (x1, y1 + h1 // 2)
+            draw.line([a, b], fill=colour, width=thick)
+        else:  # next row: down from the last box, left, into the first box's top
+            mid_y = y0 + h0 + gap // 2
+            a, b = (x0 + w0 // 2, y0 + h0), (x1 + w0 // 2, y1)
+            draw.line([a, (a[0], mid_y), (b[0], mid_y), b], fill=colour, width=thick)
+        tip = b
+        s = round(7 * unit)
+        head_pts = ([tip, (tip[0] - s, tip[1] - s), (tip[0] - s, tip[1] + s)] if y1 == y0
+                    else [tip, (tip[0] - s, tip[1] - s), (tip[0] + s, tip[1] - s)])
+        draw.polygon(head_pts, fill=colour)
+    return img
+
+
+def thumbnail(wf: Workflow, dest: Path) -> None:
+    key_node_picture(wf).save(dest, "JPEG", quality=90)
 
 
 # ------------------------------------------------------------------------------ registry source
@@ -656,7 +719,7 @@ def _generate(args: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         if path.parent.name == "example_workflows" and not args.frontend_thumbnails:
-            thumbnail(json.loads(data), path.with_suffix(".jpg"))
+            thumbnail(next(wf for wf in all_workflows() if wf.name == path.stem), path.with_suffix(".jpg"))
         print(path.relative_to(REPO))
     if args.frontend_thumbnails:
         frontend_thumbnails(args.server, [wf.name for wf in all_workflows()])
