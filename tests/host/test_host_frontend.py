@@ -88,3 +88,17 @@ def test_host_frontend_check_catches_a_missing_node(frontend):
     problems = "\n".join(report.problems())
     assert report.unregistered == ["PSGNoSuchNode"]
     assert "dialog:" in problems and "PSGNoSuchNode" in problems, problems
+
+
+def test_host_frontend_offers_missing_checkpoints(frontend):
+    """With the missing-models warning on (a user's default), a template whose checkpoint is not
+    installed opens the frontend's download dialog naming the file, from properties.models."""
+    ui = json.loads((WORKFLOWS / "psg_edit_sdxl.json").read_text(encoding="utf-8"))
+    (loader,) = [n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple"]
+    wanted = loader["properties"]["models"][0]["name"]
+    frontend.set_setting("Comfy.Workflow.ShowMissingModelsWarning", True)
+    try:
+        report = _drop(frontend, "missing_model_offer", json.dumps(ui))
+    finally:
+        frontend.set_setting("Comfy.Workflow.ShowMissingModelsWarning", False)
+    assert any(wanted in text for text in report.dialogs), report.dialogs
