@@ -154,7 +154,8 @@ class PSGEdit(io.ComfyNode):
             show_phase(node_id, "reusing the DDIM inversion from the last run")
         if text_optimisation != NO_OPTIMISATION:
             show_phase(node_id, f"text optimisation: {text_optimisation} ({steps} steps)")
-            inv = optimise_text(model, inv, source, null, mode=text_optimisation, guidance_scale=guidance_scale,
-                                inner_steps=inner_steps, tolerance=1e-5, node=NODE)
+            inv = optimise_text(model, inv, source, null, mode=text_optimisation,
+                                guidance_scale=guidance_scale, inner_steps=inner_steps, tolerance=1e-5,
+                                node=NODE)
         INVERSIONS.put(text_key, owner, inv)
         return inv

@@ -45,24 +45,36 @@ class PSGFitImage(io.ComfyNode):
             display_name=NODE,
             category="PSG",
             description=(
-                "Scales a photo (any size, grey or RGBA) so its long side is the model's working size (about 512 "
-                "for SD1.x, 768 for SD2.x-v, 1024 for SDXL / SD3 / Flux) with both sides a multiple of the "
-                "latent factor, keeping the aspect ratio; the mask follows the same resize. width / height "
-                "feed an Image Scale after the edit: the photo's size, or 0 x 0 (Image Scale then leaves the "
-                "result at working size) when output_size is 'working size'."
+                "Scales a photo (any size, grey or RGBA) so its long side is the model's working size "
+                "(about 512 for SD1.x, 768 for SD2.x-v, 1024 for SDXL / SD3 / Flux) with both sides a "
+                "multiple of the latent factor, keeping the aspect ratio; the mask follows the same resize. "
+                "width / height feed an Image Scale after the edit: the photo's size, or 0 x 0 (Image Scale "
+                "then leaves the result at working size) when output_size is 'working size'."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The photo, as Load Image gives it (any size)."),
-                io.Int.Input("long_side", default=512, min=0, max=8192, step=8, tooltip="Working size of the long side: 512 for SD1.x, 768 for SD2.x-v (768 models), 1024 for SDXL / SD3 / Flux. 0 keeps the photo's size (only rounds its sides)."),
-                io.Int.Input("multiple", default=8, min=8, max=128, step=8, tooltip="Both sides are rounded to a multiple of this: 8 (the VAE factor) for SD1.x / SD2.x / SDXL, 16 for SD3 / Flux (2x2 patches); 64 is safest for any model."),
-                io.Combo.Input("output_size", options=[s.value for s in OutputSize], default=OutputSize.PHOTO.value, tooltip="What the Image Scale fed by width / height does with the result: back to the photo's size, or keep the working size (width = height = 0)."),
-                io.Mask.Input("mask", optional=True, tooltip="Optional mask (e.g. Load Image's mask from the mask editor: painted = 1 = free to change); resized like the photo. Any size: it is stretched to the photo first."),
+                io.Int.Input("long_side", default=512, min=0, max=8192, step=8, tooltip=(
+                    "Working size of the long side: 512 for SD1.x, 768 for SD2.x-v (768 models), 1024 for "
+                    "SDXL / SD3 / Flux. 0 keeps the photo's size (only rounds its sides).")),
+                io.Int.Input("multiple", default=8, min=8, max=128, step=8, tooltip=(
+                    "Both sides are rounded to a multiple of this: 8 (the VAE factor) for SD1.x / SD2.x / "
+                    "SDXL, 16 for SD3 / Flux (2x2 patches); 64 is safest for any model.")),
+                io.Combo.Input("output_size", options=[s.value for s in OutputSize],
+                               default=OutputSize.PHOTO.value, tooltip=(
+                                   "What the Image Scale fed by width / height does with the result: back to "
+                                   "the photo's size, or keep the working size (width = height = 0).")),
+                io.Mask.Input("mask", optional=True, tooltip=(
+                    "Optional mask (e.g. Load Image's mask from the mask editor: painted = 1 = free to "
+                    "change); resized like the photo, from any size.")),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The photo at working size (RGB)."),
-                io.Mask.Output(display_name="mask", tooltip="The mask at working size; all 0 (nothing singled out) without a mask input."),
-                io.Int.Output(display_name="width", tooltip="Width for Image Scale after the edit: the photo's width, or 0 for 'working size'."),
-                io.Int.Output(display_name="height", tooltip="Height for Image Scale after the edit: the photo's height, or 0 for 'working size'."),
+                io.Mask.Output(display_name="mask", tooltip=(
+                    "The mask at working size; all 0 (nothing singled out) without a mask input.")),
+                io.Int.Output(display_name="width", tooltip=(
+                    "Width for Image Scale after the edit: the photo's width, or 0 for 'working size'.")),
+                io.Int.Output(display_name="height", tooltip=(
+                    "Height for Image Scale after the edit: the photo's height, or 0 for 'working size'.")),
             ],
         )
 
@@ -74,9 +86,9 @@ class PSGFitImage(io.ComfyNode):
         width, height = working_size(photo_w, photo_h, long_side, multiple)
         if min(width, height) < MIN_SIDE:
             raise ValueError(
-                f"{NODE}: the photo is {photo_w}x{photo_h}; at long_side {long_side} its short side would be "
-                f"{min(width, height)} px, below the {MIN_SIDE} px the model and LPIPS need. Crop it to a less "
-                f"extreme aspect ratio, or raise long_side.")
+                f"{NODE}: the photo is {photo_w}x{photo_h}; at long_side {long_side} its short side would "
+                f"be {min(width, height)} px, below the {MIN_SIDE} px the model and LPIPS need. Crop it to a "
+                f"less extreme aspect ratio, or raise long_side.")
         fitted = resize(pixels, width, height).movedim(1, -1).contiguous()
         if mask is None:
             fitted_mask = torch.zeros(fitted.shape[0], height, width)

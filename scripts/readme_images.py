@@ -89,9 +89,11 @@ def compare_picture() -> Image.Image:
     grids = [Image.fromarray((r[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)) for r in rows]
     scale = 2
     w, h = grids[0].width * scale, grids[0].height * scale
-    caption = ["Exact Gaussian-mixture denoiser in pixel space (the pack's test model), not Stable Diffusion:",
-               "DDIM inversion, triple-prompt guidance (w_edit 2); below, the perceptual-guidance step (with pixel",
-               "MSE where the nodes use LPIPS) keeps the photo outside the head box. Made by scripts/readme_images.py."]
+    caption = ["Exact Gaussian-mixture denoiser in pixel space (the pack's test model), "
+               "not Stable Diffusion:",
+               "DDIM inversion, triple-prompt guidance (w_edit 2); below, the perceptual-guidance step (with",
+               "pixel MSE where the nodes use LPIPS) keeps the photo outside the head box. "
+               "Made by scripts/readme_images.py."]
     cap_h = 82
     canvas = Image.new("RGB", (w, 2 * h + cap_h), "white")
     for i, g in enumerate(grids):
