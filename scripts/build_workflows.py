@@ -36,6 +36,9 @@ NOTE_WIDTH = 460
 COLUMN_GAP = 60
 ROW_GAP = 36
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+FRONTEND_INPUTS = {"PreviewAny": {"preview": ""}}
+"""Inputs the frontend's own widgets add when it queues a node (Preview Any's text box, which it
+fills after a run); the server ignores them, but the API twin is what the frontend sends."""
 NOTE = "Note"
 """Frontend-only node class: in the UI file, never in the API twin."""
 
@@ -502,6 +505,7 @@ def build(wf: Workflow, registry: dict[str, Any]) -> tuple[dict[str, Any], dict[
                 api_inputs[name] = value
             if name in n.links:
                 api_inputs[name] = [str(ids[n.links[name][0]]), n.links[name][1]]
+        api_inputs.update(FRONTEND_INPUTS.get(n.cls, {}))
         inputs = []
         for name in _slots(info, n):
             kind, opts = spec_of(info, name)
@@ -532,10 +536,12 @@ def build(wf: Workflow, registry: dict[str, Any]) -> tuple[dict[str, Any], dict[
 
 
 def _slots(info: dict[str, Any], n: Node) -> list[str]:
-    """Input slots as the frontend saves them: the sockets, then the widgets fed by a link."""
+    """Input slots as the frontend (1.27) numbers them: the sockets, then, on a node where a link
+    feeds a widget, every widget input (each widget has a slot there)."""
     names = input_names(info)
     sockets = [m for m in names if not is_widget(*spec_of(info, m))]
-    return sockets + [m for m in names if m in n.links and m not in sockets]
+    widgets = [m for m in names if m not in sockets]
+    return sockets + (widgets if any(m in n.links for m in widgets) else [])
 
 
 def _note_node(node_id: int, pos: list[int], height: int, title: str, text: str, order: int) -> dict[str, Any]:

@@ -83,3 +83,27 @@ def test_host_edit_has_no_seed_widget(inprocess):
     info = inprocess.node_class("PSGEdit").INPUT_TYPES()
     names = {n for section in info.values() if isinstance(section, dict) for n in section}
     assert "steps" in names and "seed" not in names
+
+
+def test_host_edit_memory_key_sees_every_value(comfy_host):
+    """Equal inputs built separately match; one changed element, a dtype, a shape, a key or an
+    extra conditioning option (e.g. Flux guidance) does not."""
+    fingerprint = comfy_host.pack_module().nodes.inversion_cache.fingerprint
+    torch.manual_seed(0)
+    emb = torch.randn(1, 77, 64)
+    cond = [[emb, {"pooled_output": torch.ones(1, 64)}]]
+    same = [[emb.clone(), {"pooled_output": torch.ones(1, 64)}]]
+    assert fingerprint(cond, 50, "simple") == fingerprint(same, 50, "simple")
+    nudged = emb.clone()
+    nudged[0, 3, 5] += 1e-6
+    others = [
+        [[[nudged, {"pooled_output": torch.ones(1, 64)}]], 50, "simple"],
+        [[[emb, {"pooled_output": torch.ones(1, 64), "guidance": 3.5}]], 50, "simple"],
+        [[[emb.double(), {"pooled_output": torch.ones(1, 64)}]], 50, "simple"],
+        [[[emb.reshape(1, 64, 77), {"pooled_output": torch.ones(1, 64)}]], 50, "simple"],
+        [cond, 49, "simple"],
+        [cond, 50, "normal"],
+    ]
+    keys = {fingerprint(*parts) for parts in others} | {fingerprint(cond, 50, "simple")}
+    assert len(keys) == len(others) + 1
+    assert fingerprint(torch.ones(3, dtype=torch.bfloat16)) != fingerprint(torch.ones(3))
