@@ -1,4 +1,5 @@
-"""One-node edit: inversion -> text optimisation -> the guider + sampler of the advanced graph -> decode."""
+"""One-node edit: inversion -> text optimisation -> the guider + sampler of the advanced graph -> decode;
+the first two are reused from memory when only sampling knobs change."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from comfy_api.latest import io
 from ..psg_core.perceptual import DEFAULT_SCALE
 from . import host, validation
 from .guider_nodes import make_guider
+from .inversion_cache import INVERSIONS, fingerprint
 from .inversion_nodes import invert, optimise_text
 from .psg_types import TEXT_MODES, PSGLpipsType
 from .sampler_nodes import (
@@ -26,6 +28,22 @@ logger = logging.getLogger(__name__)
 
 NODE = "PSG Edit"
 NO_OPTIMISATION = "none"
+NEEDS_SCALE = (TEXT_MODES[0], TEXT_MODES[2])
+"""Text modes fitted at a guidance scale (null-text optimisation, direct offsets): a new
+w_source + w_edit means fitting again; negative-prompt nulls do not depend on it."""
+
+
+def show_phase(node_id: str | None, text: str) -> None:
+    """The phase a long run is in, as text on the node (the progress bar restarts per phase)."""
+    logger.info("%s: %s", NODE, text)
+    if not node_id:
+        return
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_progress_text(text, node_id)
+    except (ImportError, AttributeError):  # no server (scripts, some tests): the log line is enough
+        pass
 
 
 def encode(vae, image: torch.Tensor) -> torch.Tensor:
@@ -68,7 +86,6 @@ class PSGEdit(io.ComfyNode):
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, tooltip="Perceptual (LPIPS) guidance strength; 0 turns it off. 0.5-2 typical; higher keeps more of the photo."),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance starts."),
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance stops."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False, tooltip="Seed for anything random; the method itself is deterministic, same inputs give the same output."),
                 io.Mask.Input("mask", optional=True, tooltip="Optional: 1 = region to edit freely, 0 = region kept close to the photo by LPIPS."),
                 io.Vae.Input("guidance_vae", optional=True, tooltip=GUIDANCE_VAE_TOOLTIP),
                 io.Combo.Input("guidance_resolution", options=list(GUIDANCE_RESOLUTIONS), default="full", optional=True, tooltip=GUIDANCE_RESOLUTION_TOOLTIP),
@@ -78,11 +95,12 @@ class PSGEdit(io.ComfyNode):
                 io.Latent.Output(display_name="latent", tooltip="The edited latent."),
                 io.Float.Output(display_name="losses", is_output_list=True, tooltip="The LPIPS loss at each guided step (a list), to plot or inspect."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, vae, image, null, source, edit, lpips, steps, scheduler, w_source, w_edit,
-                text_optimisation, inner_steps, scale, start, end, seed, mask=None, guidance_vae=None,
+                text_optimisation, inner_steps, scale, start, end, mask=None, guidance_vae=None,
                 guidance_resolution="full") -> io.NodeOutput:
         for name, cond in (("null", null), ("source", source), ("edit", edit)):
             host.embedding_of(cond, name, NODE)
@@ -91,25 +109,53 @@ class PSGEdit(io.ComfyNode):
         settings.validate(NODE)
         validation.check_guidance_vae(guidance_vae, model, NODE)  # before the slow inversion
         validation.check_mask_batch(mask, image.shape[0], NODE)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            samples = encode(vae, image)
-            inv, _ = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=1.0, null=None, node=NODE)
-            if text_optimisation != NO_OPTIMISATION:
-                inv = optimise_text(model, inv, source, null, mode=text_optimisation,
-                                    guidance_scale=w_source + w_edit, inner_steps=inner_steps, tolerance=1e-5,
-                                    node=NODE)
-            guider = make_guider(model, null, source, edit, w_source, w_edit, inv, node=NODE)
-            sampler = make_sampler(vae, image, lpips, settings, mask, inv, guidance_vae, node=NODE)
-            sigmas = inv.sigmas.flip(0).clone()
-            start_latent = model.model.process_latent_out(inv.noise.clone())
-            callback = latent_preview.prepare_callback(model, steps)
-            out = guider.sample(torch.zeros_like(start_latent), start_latent, sampler, sigmas,
-                                callback=callback, disable_pbar=True, seed=seed)
-            losses = list(sampler.sampler_function.losses)
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        samples = encode(vae, image)
+        inv = cls.inversion(model, samples, source, null, steps, scheduler, w_source + w_edit,
+                            text_optimisation, inner_steps, node_id)
+        guider = make_guider(model, null, source, edit, w_source, w_edit, inv, node=NODE)
+        sampler = make_sampler(vae, image, lpips, settings, mask, inv, guidance_vae, node=NODE)
+        sigmas = inv.sigmas.flip(0).clone()
+        start_latent = model.model.process_latent_out(inv.noise.clone())
+        show_phase(node_id, f"sampling ({steps} steps)")
+        callback = latent_preview.prepare_callback(model, steps)
+        out = guider.sample(torch.zeros_like(start_latent), start_latent, sampler, sigmas,
+                            callback=callback, disable_pbar=True, seed=0)  # no noise is added
+        losses = list(sampler.sampler_function.losses)
         out = out.to(comfy.model_management.intermediate_device())
+        show_phase(node_id, "decoding")
         decoded = vae.decode(out)
         comfy.model_management.throw_exception_if_processing_interrupted()  # cancelled while decoding
         if decoded.ndim == 5:  # video VAEs return (B, T, H, W, C)
             decoded = decoded.reshape(-1, *decoded.shape[-3:])
+        show_phase(node_id, "done")
         return io.NodeOutput(decoded, {"samples": out}, losses or [0.0])
+
+    @staticmethod
+    def inversion(model, samples, source, null, steps, scheduler, guidance_scale, text_optimisation,
+                  inner_steps, node_id):
+        """Inversion and text optimisation, each taken from memory when its inputs are unchanged."""
+        owner = model.model
+        model_key = fingerprint(getattr(model, "patches_uuid", None), model.model_options)
+        inv_key = fingerprint("inversion", model_key, samples, source, steps, scheduler)
+        text_key = fingerprint("text", inv_key, null, text_optimisation, inner_steps,
+                               guidance_scale if text_optimisation in NEEDS_SCALE else None)
+        final = INVERSIONS.get(text_key, owner)
+        if final is not None:
+            show_phase(node_id, "reusing the inversion and text optimisation from the last run")
+            return final
+        inv = INVERSIONS.get(inv_key, owner)
+        if inv is None:
+            show_phase(node_id, f"DDIM inversion ({steps} steps)")
+            inv, _ = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=1.0, null=None,
+                            node=NODE)
+            INVERSIONS.put(inv_key, owner, inv)
+        else:
+            show_phase(node_id, "reusing the DDIM inversion from the last run")
+        if text_optimisation != NO_OPTIMISATION:
+            show_phase(node_id, f"text optimisation: {text_optimisation} ({steps} steps)")
+            inv = optimise_text(model, inv, source, null, mode=text_optimisation,
+                                guidance_scale=guidance_scale, inner_steps=inner_steps, tolerance=1e-5,
+                                node=NODE)
+        INVERSIONS.put(text_key, owner, inv)
+        return inv

@@ -186,7 +186,10 @@ class PSGCLIPScore(io.ComfyNode):
                 io.Combo.Input("clip_model", options=[NO_MODEL, *model_dirs(CLIP_FOLDER)], default=NO_MODEL, tooltip="A CLIP model folder (config.json + weights + tokenizer + preprocessor) in models/clip_score."),
                 io.String.Input("folder_path", default="", optional=True, tooltip="Optional: a CLIP model directory anywhere on disk; overrides clip_model when set."),
             ],
-            outputs=[io.Float.Output(display_name="clip_score", tooltip="CLIPScore in [0, 100] (batch mean).")],
+            outputs=[
+                io.Float.Output(display_name="clip_score", tooltip="CLIPScore in [0, 100] (batch mean)."),
+                io.String.Output(display_name="summary", tooltip="The score as text: connect Preview Any to read it on the canvas."),
+            ],
         )
 
     @classmethod
@@ -205,7 +208,7 @@ class PSGCLIPScore(io.ComfyNode):
         scores = scorer.score(host.image_to_bchw(image, cls.NODE), text)
         value = float(scores.mean())
         summary = f"CLIPScore: {value:.2f}" + (f" (mean of {scores.numel()})" if scores.numel() > 1 else "")
-        return io.NodeOutput(value, ui={"text": [summary], "psg_metrics": [{"clip_score": value}]})
+        return io.NodeOutput(value, summary, ui={"text": [summary], "psg_metrics": [{"clip_score": value}]})
 
 
 # --------------------------------------------------------------------------- pictures

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 def all_nodes() -> list[type[io.ComfyNode]]:
     from .edit_nodes import PSGEdit
     from .guider_nodes import PSGTriplePromptGuider
+    from .image_nodes import PSGFitImage
     from .inversion_nodes import PSGDDIMInversion, PSGTextGuidanceOptimize
     from .lpips_nodes import PSGLPIPSLoader
     from .metrics import NODES as METRIC_NODES
@@ -17,6 +18,7 @@ def all_nodes() -> list[type[io.ComfyNode]]:
 
     return [
         PSGLPIPSLoader,
+        PSGFitImage,
         PSGDDIMInversion,
         PSGTextGuidanceOptimize,
         PSGTriplePromptGuider,

@@ -10,4 +10,4 @@ from __future__ import annotations
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-"""The node pack's root folder (holds ``workflows/``)."""
+"""The node pack's root folder (holds ``example_workflows/``)."""

@@ -49,7 +49,7 @@ def _add_common(p: argparse.ArgumentParser, many_servers: bool) -> None:
                        help="with --comfy-root: ComfyUI's --base-directory (models, custom_nodes, input, output)")
     where.add_argument("--cpu", action="store_true", help="with --comfy-root: force CPU")
     p.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME",
-                   help=f"API workflow: a name from workflows/api/ or a file (default {DEFAULT_WORKFLOW}); "
+                   help=f"API workflow: a name from example_workflows/api/ or a file (default {DEFAULT_WORKFLOW}); "
                         f"`python -m psg_cli workflows` lists them")
     p.add_argument("--ckpt", metavar="NAME",
                    help=f"checkpoint file name as ComfyUI lists it (workflow default: {roles.DEFAULT_CHECKPOINT})")

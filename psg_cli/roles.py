@@ -23,6 +23,8 @@ SOURCE = Role("Source prompt", "text")
 TARGET = Role("Target prompt", "text")
 CHECKPOINT = Role("Checkpoint", "ckpt_name", ("CheckpointLoaderSimple",), required=False)
 MASK = Role("Mask", "image", ("LoadImageMask",), required=False)
+FIT = Role("Fit to model", "long_side", ("PSGFitImage",), required=False)
+"""PSG Fit Image: brings the photo (and its mask) to the model's working size."""
 EDITED = Role("Edited image", "filename_prefix", ("SaveImage",), required=False)
 GUIDANCE_VAE = Role("Guidance VAE", "vae_name", required=False)
 """The VAELoader feeding ``guidance_vae`` (TAESD: cheap LPIPS gradient); by title only, since a
@@ -39,7 +41,7 @@ SEED_INPUTS = ("seed", "noise_seed")
 MASK_LOADER = "LoadImageMask"
 MASK_CHANNEL = "red"  # masks are stored as grey images: white (1) = region allowed to change
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-TAESD_FOR_FAMILY = {"sd15": "taesd", "sdxl": "taesdxl"}
+TAESD_FOR_FAMILY = {"sd15": "taesd", "sd2": "taesd", "sdxl": "taesdxl", "sd3": "taesd3", "flux": "taef1"}
 """Guidance VAE (VAELoader name, files in models/vae_approx) the shipped workflows load per family."""
 NO_GUIDANCE_VAE = "none"
 """``--guidance-vae none``: drop the guidance VAE loader; LPIPS then decodes through the full VAE."""

@@ -19,7 +19,7 @@ MAX_LISTED = 25
 
 
 def api_dir() -> Path:
-    return PACK_ROOT / "workflows" / "api"
+    return PACK_ROOT / "example_workflows" / "api"
 
 
 def available_workflows() -> list[str]:
@@ -27,7 +27,7 @@ def available_workflows() -> list[str]:
 
 
 def load_workflow(name_or_path: str) -> Prompt:
-    """A shipped workflow by name (``workflows/api/NAME.json``) or any API-format file."""
+    """A shipped workflow by name (``example_workflows/api/NAME.json``) or any API-format file."""
     path = Path(name_or_path)
     if not path.is_file():
         path = api_dir() / f"{name_or_path.removesuffix('.json')}.json"
@@ -116,14 +116,18 @@ def known_inputs(object_info: dict[str, Any], class_type: str) -> list[str]:
 
 def add_mask(prompt: Prompt, object_info: dict[str, Any], uploaded: str) -> list[str]:
     """Point the workflow's mask at ``uploaded``: fill a 'Mask' node, or add one and wire it
-    into every node that has an unconnected optional MASK input named 'mask'."""
+    into every node whose MASK input named 'mask' is unconnected or takes the Photo loader's mask
+    (what the frontend's mask editor paints)."""
     ids = find_role(prompt, roles.MASK)
     if ids:
         for nid in ids:
             prompt[nid]["inputs"][roles.MASK.input] = uploaded
         return ids
+    photos = set(find_role(prompt, roles.PHOTO))
+    # an unconnected mask input, or one fed by the photo loader's own mask (the mask editor's)
     consumers = [nid for nid, n in prompt.items()
-                 if "mask" not in n["inputs"]
+                 if (n["inputs"].get("mask") is None
+                     or (is_link(n["inputs"]["mask"]) and n["inputs"]["mask"][0] in photos))
                  and (input_spec(object_info, n["class_type"], "mask") or [None])[0] == "MASK"]
     if not consumers:
         raise CliError("--mask given but this workflow has no node that takes a mask")

@@ -2,8 +2,9 @@
 and driven in headless Chromium, exactly as a user dropping the file on the canvas: no missing-node
 dialog, no error toast or console/page error, every node known to the frontend, the graph
 (nodes, links, widget values) as in the file, and the frontend's own API conversion
-(``app.graphToPrompt``) equal to the ``workflows/api/`` twin. A screenshot of each lands in
-``tests/artifacts/frontend/``. Needs ``bash scripts/setup_browser.sh`` (skips with the reason otherwise; fails under CI)."""
+(``app.graphToPrompt``) equal to the ``example_workflows/api/`` twin. A screenshot of each lands in
+``tests/artifacts/frontend/``. Needs ``bash scripts/setup_browser.sh`` (skips with the reason otherwise;
+fails under CI)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from psg_testing import browser, host
 
 logger = logging.getLogger(__name__)
 
-WORKFLOWS = host.REPO_ROOT / "workflows"
+WORKFLOWS = host.REPO_ROOT / "example_workflows"
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 ARTIFACTS = host.REPO_ROOT / "tests" / "artifacts" / "frontend"
 def _drop(frontend: browser.ComfyFrontend, name: str, text: str) -> browser.LoadReport:
@@ -57,4 +58,18 @@ def test_host_frontend_loads_dropped_workflow(frontend, name):
         assert loaded[node_id].get("widgets_values", []) == node.get("widgets_values", []), \
             f"{name}: node {node_id} ({node['type']}) widget values changed on load"
     assert sorted(report.graph["links"]) == sorted(ui["links"]), f"{name}: links changed on load"
-    assert report.prompt == api, f"{name}: the frontend's graphToPrompt differs from workflows/api/{name}.json"
+    assert report.prompt == api, f"{name}: the frontend's graphToPrompt differs from example_workflows/api/{name}.json"
+
+
+def test_host_frontend_offers_missing_checkpoints(frontend):
+    """With the missing-models warning on (a user's default), a template whose checkpoint is not
+    installed opens the frontend's download dialog naming the file, from properties.models."""
+    ui = json.loads((WORKFLOWS / "psg_edit_sdxl.json").read_text(encoding="utf-8"))
+    (loader,) = [n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple"]
+    wanted = loader["properties"]["models"][0]["name"]
+    frontend.set_setting("Comfy.Workflow.ShowMissingModelsWarning", True)
+    try:
+        report = _drop(frontend, "missing_model_offer", json.dumps(ui))
+    finally:
+        frontend.set_setting("Comfy.Workflow.ShowMissingModelsWarning", False)
+    assert any(wanted in text for text in report.dialogs), report.dialogs

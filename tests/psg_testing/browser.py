@@ -37,6 +37,9 @@ VIEWPORT = {"width": 1600, "height": 1000}
 FIRST_RUN_SETTINGS = {
     "Comfy.TutorialCompleted": True,  # else a first visit opens the template browser over the canvas
     "LiteGraph.Canvas.MinFontSizeForLOD": 0,  # draw titles and widgets at any zoom (screenshots)
+    # the test server has none of the checkpoints the templates name: their download offer (from the
+    # loaders' properties.models) is checked on its own (test_host_frontend_offers_missing_checkpoints)
+    "Comfy.Workflow.ShowMissingModelsWarning": False,
 }
 SETUP_HINT = "run `bash scripts/setup_browser.sh` (Debian chromium + pip playwright, no browser download)"
 
@@ -253,6 +256,10 @@ class ComfyFrontend:
         errors += [BrowserMessage("loadGraphData", text) for text in state["load_errors"]]
         return LoadReport(filename, state["nodes"], state["graph"], state["prompt"], state["prompt_error"],
                           state["dialogs"], state["toasts"], errors)
+
+    def set_setting(self, name: str, value: Any) -> None:
+        """Change one frontend setting the way its settings dialog does."""
+        self.page.evaluate("([n, v]) => window.app.extensionManager.setting.set(n, v)", [name, value])
 
     def fit_view(self, zoom: float = 0.95) -> dict[str, float]:
         """Zoom the canvas so the whole graph fills ``zoom`` of it; the graph's box on the page."""

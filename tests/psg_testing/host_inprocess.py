@@ -203,6 +203,7 @@ class InProcessHost:
             )
             if not reuse_cache:
                 self.executor.reset()
+                self._forget_pack_memory()
             self.server.take_events()
             self._on_progress = on_progress
             try:
@@ -238,6 +239,13 @@ class InProcessHost:
         self._thread_pool.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ internals
+    def _forget_pack_memory(self) -> None:
+        """PSG Edit keeps its last inversions in memory across prompts (as a server does); a run
+        that starts from an empty output cache starts without them too."""
+        cache_module = getattr(getattr(self.pack_module(), "nodes", None), "inversion_cache", None)
+        if cache_module is not None:
+            cache_module.INVERSIONS.clear()
+
 
     async def _validate(self, prompt_id: str, prompt: dict, outputs: list[str] | None) -> list[str]:
         import execution

@@ -92,13 +92,13 @@ class PSGGraph:
         return g.node("SamplerCustomAdvanced", noise=g.node("DisableNoise").out(0), guider=guider.out(0),
                       sampler=sampler.out(0), sigmas=sigmas.out(0), latent_image=latent)
 
-    def edit(self, image: Any = None, *, steps: int = STEPS, seed: int = 0, **overrides: Any) -> Any:
+    def edit(self, image: Any = None, *, steps: int = STEPS, **overrides: Any) -> Any:
         """The one-node PSG Edit (null-text optimisation, perceptual guidance on)."""
         inputs: dict[str, Any] = dict(
             model=self.ck.out(0), vae=self.ck.out(2), image=image or self.image.out(0), null=self.null.out(0),
             source=self.source.out(0), edit=self.edit_text.out(0), lpips=self.lpips.out(0), steps=steps,
             scheduler="simple", w_source=0.0, w_edit=3.0, text_optimisation="null-text optimisation",
-            inner_steps=2, scale=1.0, start=0.0, end=1.0, seed=seed,
+            inner_steps=2, scale=1.0, start=0.0, end=1.0,
         )
         inputs.update(overrides)
         return self.g.node("PSGEdit", **inputs)
@@ -113,12 +113,14 @@ class PSGGraph:
 
 def soak_prompt(seed: int, guidance_vae: str | None = None) -> dict:
     """One headless edit whose only output is the loss list (no files written by design), so any
-    file left in temp/ or output/ after a run is a leak. ``seed`` makes each queued run execute;
-    ``guidance_vae`` (a VAELoader name such as taesd) is plugged in like the shipped workflows do."""
-    graph = PSGGraph()
+    file left in temp/ or output/ after a run is a leak. ``seed`` numbers the edit prompt, so each
+    queued run executes (PSG Edit then reuses its inversion from memory, as a user trying edit
+    after edit would); ``guidance_vae`` (a VAELoader name such as taesd) is plugged in like the
+    shipped workflows do."""
+    graph = PSGGraph(texts=("", "a photo of a cat", f"a photo of a tiger, take {seed}"))
     extra = {}
     if guidance_vae:
         extra["guidance_vae"] = graph.node("VAELoader", vae_name=guidance_vae).out(0)
-    edit = graph.edit(seed=seed, **extra)
+    edit = graph.edit(**extra)
     graph.preview(edit.out(2))
     return graph.prompt()
