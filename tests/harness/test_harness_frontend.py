@@ -7,7 +7,7 @@ import json
 
 from psg_testing import host
 
-WORKFLOWS = host.REPO_ROOT / "workflows"
+WORKFLOWS = host.REPO_ROOT / "example_workflows"
 
 
 def test_harness_frontend_check_catches_a_missing_node(frontend):
