@@ -30,6 +30,7 @@ DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitb
 CLIP_NAME = "openai/clip-vit-large-patch14"
 CLIP_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 CLIP_TOKENIZER = (("vocab.json", "merges.txt"), ("tokenizer.json",))
+CLIP_PROCESSOR = ("preprocessor_config.json", "processor_config.json")  # transformers 4 / 5
 
 
 @dataclass
@@ -56,8 +57,8 @@ def _clip_missing(folder: Path) -> list[str]:
         missing.append(" or ".join(CLIP_WEIGHTS))
     if not any(all((folder / f).is_file() for f in group) for group in CLIP_TOKENIZER):
         missing.append("vocab.json + merges.txt (or tokenizer.json)")
-    if not (folder / "preprocessor_config.json").is_file():
-        missing.append("preprocessor_config.json")
+    if not any((folder / f).is_file() for f in CLIP_PROCESSOR):
+        missing.append(" or ".join(CLIP_PROCESSOR))
     return missing
 
 
