@@ -114,9 +114,11 @@ def ssim_full_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -
     taps = core_metrics._gaussian_taps(core_metrics.SSIM_SIGMA, core_metrics.SSIM_TRUNCATE, a.device)
     k, channels = taps.numel(), a.shape[1]
     radius = (k - 1) // 2
-    kernel = (taps[:, None] * taps[None, :]).expand(channels, 1, k, k)
+    rows, cols = taps.view(1, 1, 1, k).repeat(channels, 1, 1, 1), taps.view(1, 1, k, 1).repeat(channels, 1, 1, 1)
     x, y = (F.pad(t.double(), (radius,) * 4, mode="reflect") for t in (a, b))
-    mu_x, mu_y, xx, yy, xy = F.conv2d(torch.cat([x, y, x * x, y * y, x * y]), kernel, groups=channels).split(x.shape[0])
+    stack = torch.cat([x, y, x * x, y * y, x * y])  # the 2-D Gaussian is separable: two 1-D passes
+    blurred = F.conv2d(F.conv2d(stack, rows, groups=channels), cols, groups=channels)
+    mu_x, mu_y, xx, yy, xy = blurred.split(x.shape[0])
     var_x = (xx - mu_x**2).clamp_min(0.0)
     var_y = (yy - mu_y**2).clamp_min(0.0)
     cov = xy - mu_x * mu_y

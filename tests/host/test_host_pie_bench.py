@@ -12,6 +12,7 @@ CLIP scores). Every model is a RANDOM-WEIGHT stand-in: plumbing and conventions,
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import subprocess
 import sys
@@ -99,16 +100,20 @@ def test_host_pie_bench_resumes_without_redoing(bench):
     assert {p: p.stat().st_mtime_ns for p in files} == files
 
 
-def clip_reference(folder: Path, image: np.ndarray, text: str) -> float:
-    """Independent CLIPScore: transformers' own forward, cos = logits / logit_scale, 100 * max(cos, 0)."""
+@functools.cache
+def clip_model(folder: Path):
     import transformers
 
-    model = transformers.CLIPModel.from_pretrained(folder).eval()
-    processor = transformers.CLIPProcessor.from_pretrained(folder)
+    return (transformers.CLIPModel.from_pretrained(folder).eval(), transformers.CLIPProcessor.from_pretrained(folder))
+
+
+def clip_reference(folder: Path, image: np.ndarray, text: str) -> float:
+    """Independent CLIPScore: transformers' own forward, cos = logits / logit_scale, 100 * max(cos, 0)."""
+    model, processor = clip_model(folder)
     inputs = processor(text=[text], images=Image.fromarray(image), return_tensors="pt", padding=True)
     with torch.no_grad():
-        logits = model(**inputs).logits_per_image[0, 0]
-    return 100 * max(float(logits / model.logit_scale.exp()), 0.0)
+        cos = model(**inputs).logits_per_image[0, 0] / model.logit_scale.exp()
+    return 100 * max(float(cos), 0.0)
 
 
 def test_host_pie_bench_evaluator_matches_independent_values(bench):
