@@ -260,3 +260,49 @@ def test_core_eval_missing_models_named_in_one_message(tmp_path, capsys):
                      "model.safetensors or pytorch_model.bin", "preprocessor_config.json"):
         assert fragment in err, err
     assert err.count("\n  - ") == 6, err
+
+
+# --------------------------------------------------------------------------- packaging and runner
+def test_core_eval_never_imports_comfy():
+    """Evaluation code runs without ComfyUI: importing it (and the runner's helpers) loads no comfy module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import psg_eval.evaluate, psg_eval.models, psg_eval.dino, psg_eval.metrics; "
+            "bad = [m for m in sys.modules if m == 'comfy' or m.startswith(('comfy.', 'comfy_'))]; "
+            "assert not bad, bad; print('clean')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=pie_mini.Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "clean" in proc.stdout, proc.stderr
+
+
+def load_runner():
+    import importlib.util
+    import sys
+
+    path = pie_mini.Path(__file__).resolve().parents[2] / "benchmarks" / "pie_bench.py"
+    spec = importlib.util.spec_from_file_location("pie_bench_runner", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_core_eval_runner_methods_and_layout_file(tmp_path):
+    runner = load_runner()
+    assert len(runner.ALL_METHODS) == 12
+    m = runner.Method.parse("negative-prompt+psg-mask")
+    assert (m.text_optimisation, m.perceptual, m.masked) == ("negative-prompt", True, True)
+    assert runner.Method.parse("ddim-cfg").sets(2.0) == ["PSG Edit.text_optimisation=none", "PSG Edit.scale=0"]
+    assert runner.Method.parse("direct-offsets+psg").sets(2.0) == [
+        "PSG Edit.text_optimisation=direct offsets", "PSG Edit.scale=2.0"]
+    assert runner.Method.parse("null-text+psg").sets(None) == ["PSG Edit.text_optimisation=null-text optimisation"]
+    with pytest.raises(runner.CliError, match="unknown method 'p2p'"):
+        runner.Method.parse("p2p")
+    small = tmp_path / "edit.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(small)
+    dest = tmp_path / "out" / "m" / "annotation_images" / "0_random_140" / "1.jpg"
+    runner.write_layout(small, dest)
+    with Image.open(dest) as img:
+        assert img.format == "JPEG" and img.size == (512, 512)
+    assert [p.name for p in dest.parent.iterdir()] == ["1.jpg"]  # no temporary file left
