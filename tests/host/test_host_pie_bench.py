@@ -127,11 +127,10 @@ def test_host_pie_bench_evaluator_matches_independent_values(bench):
         Image.fromarray(np.concatenate([photo, photo, edit], axis=1)).save(dest)
     models = bench["root"] / "models"
     pie_mini.save_random_squeezenet(models / "lpips")
-    save_random_alexnet(models / "lpips")
     pie_mini.save_random_dino(models / "dino")
     clip_dir = save_tiny_clip(models / "clip_score" / "clip-vit-large-patch14")
     proc = ok(run("-m", "psg_eval", "--data", data, "--output", output, "--models", models, "--metrics", "pnp",
-                  "pack", "--device", "cpu", "--out-dir", bench["root"] / "eval"))
+                  "pack_bgavg_mse", "--device", "cpu", "--out-dir", bench["root"] / "eval"))
 
     rows = {r["file_id"]: r for r in csv.DictReader(open(bench["root"] / "eval" / "evaluation_result.csv"))}
     assert list(rows) == [it.key for it in items]
@@ -163,7 +162,7 @@ def test_host_pie_bench_evaluator_matches_independent_values(bench):
         assert float(overall[method]["seconds_per_edit"]) > 0
     assert overall[STRIP]["seconds_per_edit"] == "nan"  # not run by the runner: no timing
     for header in ("Structure distance ×10³", "BG PSNR", "BG LPIPS ×10³", "BG MSE ×10⁴", "BG SSIM ×10²",
-                   "CLIP whole", "CLIP edited", "pack_bg_lpips_alex", "s / edit", "### overall", "### random",
+                   "CLIP whole", "CLIP edited", "pack_bgavg_mse", "s / edit", "### overall", "### random",
                    "### change object", "### change style"):
         assert header in proc.stdout, proc.stdout
 
