@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         failed += s["failed"]
         print(f"{name}: {s['ok']} ok, {s['failed']} failed of {s['total']} ({s['skipped']} resumed, {s['kept']} kept) "
               f"-> {pie.method_dir(args.out, name) / pie.IMAGES_DIR}")
+    print(f"score with: python -m psg_eval --data {args.data} --output {args.out} --metrics pnp pack")
     return 0 if failed == 0 else 1
 
 
