@@ -19,6 +19,7 @@ GELU), filled from the original checkpoint's state dict; nothing is downloaded.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +105,44 @@ class DinoViT(nn.Module):
         return self.blocks[-1].qkv(x)[..., dim:2 * dim]
 
 
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_HF_LAYER = {  # transformers ViT names (4.x, then 5.x) -> DINO's, per block
+    "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj",
+    "layernorm_before": "norm1", "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+}
+_HF_BLOCK = re.compile(r"^(encoder\.layer|layers)\.(\d+)\.")
+_HF_QKV = (("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+           ("attention.q_proj", "attention.k_proj", "attention.v_proj"))
+
+
+def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers ViT state dict (e.g. a saved ``facebook/dino-vitb8``) in DINO's names (q, k, v fused)."""
+    state = {k.removeprefix("vit."): v for k, v in state.items()}
+    out = {"cls_token": state["embeddings.cls_token"], "pos_embed": state["embeddings.position_embeddings"],
+           "patch_embed.proj.weight": state["embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": state["embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": state["layernorm.weight"], "norm.bias": state["layernorm.bias"]}
+    blocks = {(m.group(1), int(m.group(2))) for m in map(_HF_BLOCK.match, state) if m}
+    for prefix, i in ((f"{name}.{i}", i) for name, i in blocks):
+        for src, dst in _HF_LAYER.items():
+            for kind in ("weight", "bias"):
+                if f"{prefix}.{src}.{kind}" in state:
+                    out[f"blocks.{i}.{dst}.{kind}"] = state[f"{prefix}.{src}.{kind}"]
+        names = next(n for n in _HF_QKV if f"{prefix}.{n[0]}.weight" in state)
+        for kind in ("weight", "bias"):
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([state[f"{prefix}.{n}.{kind}"] for n in names])
+    return out
+
+
 def load_dino(path: Path) -> DinoViT:
-    """The DINO ViT from ``path`` (the .pth or .safetensors file, or a folder holding ``DINO_FILE``)."""
+    """The DINO ViT from ``path``: DINO's ``dino_vitbase8_pretrain.pth`` (or a .safetensors twin),
+    or a transformers folder of the same network (``facebook/dino-vitb8`` saved with save_pretrained)."""
     path = Path(path).expanduser()
     file = dino_file(path)
     if file is None:
-        raise FileNotFoundError(f"structure distance needs {DINO_FILE} (or its .safetensors twin) in {path}.")
+        raise FileNotFoundError(f"structure distance needs {DINO_FILE} (or its .safetensors twin, or a "
+                                f"transformers folder of facebook/dino-vitb8) in {path}.")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -118,6 +151,8 @@ def load_dino(path: Path) -> DinoViT:
         state = torch.load(file, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("teacher"), dict):  # a full training checkpoint
         state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state["teacher"].items()}
+    if any(k.removeprefix("vit.").startswith("embeddings.") for k in state):
+        state = from_transformers(state)
     return DinoViT.from_state_dict(state, str(file))
 
 
@@ -128,6 +163,8 @@ def dino_file(path: Path) -> Path | None:
     for name in (DINO_FILE, Path(DINO_FILE).with_suffix(".safetensors").name):
         if (path / name).is_file():
             return path / name
+    if (path / "config.json").is_file():
+        return next((path / w for w in HF_WEIGHTS if (path / w).is_file()), None)
     return None
 
 

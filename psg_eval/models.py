@@ -5,7 +5,8 @@ metric                     file(s)
 =========================  ==============================================================
 LPIPS (PnPInversion)       ``squeezenet1_1-b8a52dc0.pth`` in ``LPIPS_DIR`` (torchvision's)
 LPIPS (this pack)          ``alexnet-owt-7be5be79.pth`` in ``LPIPS_DIR``
-structure distance         ``dino_vitbase8_pretrain.pth`` (DINO ViT-B/8) in ``DINO_DIR``
+structure distance         ``dino_vitbase8_pretrain.pth`` (DINO ViT-B/8) in ``DINO_DIR``, or a
+                           transformers folder of ``facebook/dino-vitb8``
 CLIP similarity            a transformers folder of ``openai/clip-vit-large-patch14``
 =========================  ==============================================================
 
@@ -70,7 +71,8 @@ def check_files(needed: set[str], paths: ModelPaths) -> list[str]:
             lines.append(f"LPIPS-{net} backbone {lpips_weights.BACKBONE_FILES[net]} not in {paths.lpips_dir} "
                          f"(nor the torch hub cache): download {lpips_weights.backbone_url(net)}")
     if "dino" in needed and dino.dino_file(paths.dino) is None:
-        lines.append(f"DINO ViT-B/8 {dino.DINO_FILE} not in {paths.dino}: download {DINO_URL}")
+        lines.append(f"DINO ViT-B/8 {dino.DINO_FILE} not in {paths.dino}: download {DINO_URL} "
+                     f"(or save facebook/dino-vitb8 there with transformers' save_pretrained)")
     if "clip" in needed:
         for name in _clip_missing(paths.clip):
             lines.append(f"CLIP {name} not in {paths.clip}: save {CLIP_NAME} there with transformers' "

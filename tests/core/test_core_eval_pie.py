@@ -306,3 +306,30 @@ def test_core_eval_runner_methods_and_layout_file(tmp_path):
     with Image.open(dest) as img:
         assert img.format == "JPEG" and img.size == (512, 512)
     assert [p.name for p in dest.parent.iterdir()] == ["1.jpg"]  # no temporary file left
+
+
+def test_core_eval_dino_from_a_transformers_folder(tmp_path):
+    """A RANDOM transformers ViT (DINO-shaped) saved with save_pretrained loads as the DINO network:
+    its last-block keys equal those transformers' own forward computes (hooked key projection)."""
+    import transformers
+
+    cfg = transformers.ViTConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=1, intermediate_size=32,
+                                 image_size=224, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reference = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+        for p in reference.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+    reference.save_pretrained(tmp_path)
+    ours = dino.load_dino(tmp_path)
+    last = reference.encoder.layer[-1] if hasattr(reference, "encoder") else reference.layers[-1]
+    key_proj = next(m for n, m in last.named_modules() if n.split(".")[-1] in ("key", "k_proj"))
+    captured = []
+    hook = key_proj.register_forward_hook(lambda m, i, o: captured.append(o))
+    pixels = dino.dino_pixels(pie_mini.square_sample("coffee"))
+    with torch.no_grad():
+        reference(pixel_values=pixels)
+        keys = ours.last_keys(pixels)
+    hook.remove()
+    assert keys.shape == (1, 785, 16)
+    torch.testing.assert_close(keys, captured[0], rtol=1e-4, atol=1e-4)
