@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.size % 8:
         parser.error("--size must be a multiple of 8")
+    if any(getattr(args, flag, None) for flag in ("p2p", "reweight", "blend")):
+        parser.error("--p2p / --reweight / --blend: prompt-to-prompt methods are not part of this runner yet "
+                     "(their blend words differ per image); it runs the PSG Edit methods listed in --help")
     try:
         methods = [Method.parse(m) for m in args.methods]
         workflow.load_workflow(args.workflow)

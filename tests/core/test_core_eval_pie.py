@@ -299,6 +299,8 @@ def test_core_eval_runner_methods_and_layout_file(tmp_path):
     assert runner.Method.parse("null-text+psg").sets(None) == ["PSG Edit.text_optimisation=null-text optimisation"]
     with pytest.raises(runner.CliError, match="unknown method 'p2p'"):
         runner.Method.parse("p2p")
+    with pytest.raises(SystemExit):  # the CLI's prompt-to-prompt flags are refused, not silently ignored
+        runner.main(["--data", str(tmp_path), "--p2p", "refine"])
     small = tmp_path / "edit.png"
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(small)
     dest = tmp_path / "out" / "m" / "annotation_images" / "0_random_140" / "1.jpg"
