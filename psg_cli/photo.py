@@ -123,8 +123,8 @@ def to_rgb8(img: Any, changes: list[str]) -> Any:
         top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
         if mode == "F" and array.max() <= 1.0:
             top = 1.0
-        img = Image.fromarray(np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8), "L")
-        changes.append(f"{'16-bit' if top == 65535.0 else mode} greyscale -> 8-bit")
+        img = Image.fromarray(np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+        changes.append(f"{'16-bit' if top == 65535.0 else mode} greyscale -> 8-bit RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         flat = Image.new("RGB", rgba.size, BACKGROUND)
