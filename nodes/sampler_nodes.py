@@ -224,6 +224,16 @@ class PSGPerceptualSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(
+        cls,
+        scale: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> bool | str:
+        # the pack's number widgets, checked before anything runs (NaN / inf / range)
+        return validation.check_number_inputs(cls, locals())
+
+    @classmethod
     def execute(cls, vae, reference, lpips, scale, start, end, every, gradient, mask=None, inversion=None,
                 guidance_vae=None, guidance_resolution="full") -> io.NodeOutput:
         settings = PerceptualSettings(scale=scale, start=start, end=end, every=every,
