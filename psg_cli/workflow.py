@@ -18,8 +18,16 @@ Prompt = dict[str, dict[str, Any]]
 MAX_LISTED = 25
 
 
+WORKFLOW_FOLDERS = ("example_workflows", "workflows")
+"""Where the pack's templates live (ComfyUI's template browser reads both names); API twins are
+in their ``api/`` subfolder."""
+
+
 def api_dir() -> Path:
-    return PACK_ROOT / "workflows" / "api"
+    for folder in WORKFLOW_FOLDERS:
+        if (PACK_ROOT / folder / "api").is_dir():
+            return PACK_ROOT / folder / "api"
+    return PACK_ROOT / WORKFLOW_FOLDERS[0] / "api"
 
 
 def available_workflows() -> list[str]:

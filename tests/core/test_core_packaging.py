@@ -13,6 +13,8 @@ import pytest
 import tomllib
 from PIL import Image
 
+from psg_cli import workflow
+
 REPO = Path(__file__).resolve().parents[2]
 TOOL_COMFY_KEYS = {"PublisherId", "DisplayName", "Icon", "Banner", "requires-comfyui", "includes"}
 """The keys docs.comfy.org/registry/specifications documents for [tool.comfy]."""
@@ -62,7 +64,8 @@ def test_core_packaging_archive_is_the_pack_without_developer_files():
     needed = {"__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE", "scripts/edit.sh",
               "psg_cli/__main__.py", "nodes/__init__.py", "psg_core/__init__.py", "examples/edits.json"}
     assert needed <= files, needed - files
-    for folder in ("workflows", "web", "examples/photos"):
+    templates = str(workflow.api_dir().parent.relative_to(REPO))
+    for folder in (templates, "web", "examples/photos"):
         assert any(f.startswith(folder + "/") for f in files), f"{folder}/ would not ship"
 
 

@@ -32,7 +32,7 @@ from psg_testing.cli_support import (
 from psg_testing.metric_models import save_random_alexnet
 from psg_testing.taesd_files import write_random_taesd
 
-from psg_cli import roles
+from psg_cli import roles, workflow
 
 REPO = host.REPO_ROOT
 EDIT_SH = REPO / "scripts" / "edit.sh"
@@ -58,7 +58,7 @@ def light_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_edit_workflow(folder: Path) -> Path:
     """The shipped psg_edit API twin on the tiny SD1.5 checkpoint, 2 steps."""
-    api = json.loads((REPO / "workflows" / "api" / "psg_edit.json").read_text())
+    api = json.loads((workflow.api_dir() / "psg_edit.json").read_text())
     api = swap_checkpoint_loader(api)
     for node in api.values():
         for key, value in FAST.items():
