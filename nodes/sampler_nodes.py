@@ -86,6 +86,8 @@ def build_perceptual(
     ratio = _spatial_ratio(decoder_vae)
     reduced = host.reduced_size(latent_hw[0], latent_hw[1], factor)
     size = (reduced[0] * ratio, reduced[1] * ratio)
+    if factor == 1:
+        validation.check_min_side(size[1], size[0], node, "the photo (guidance image)")
     if factor > 1 and min(size) < MIN_GUIDANCE_SIDE:
         fits = [name for name, f in GUIDANCE_RESOLUTIONS.items()
                 if f == 1 or min(host.reduced_size(latent_hw[0], latent_hw[1], f)) * ratio >= MIN_GUIDANCE_SIDE]

@@ -60,19 +60,26 @@ def check_finite(tensor: torch.Tensor, name: str, node: str) -> None:
         )
 
 
+def check_min_side(width: int, height: int, node: str, what: str = "the image", multiple: int = LATENT_MULTIPLE,
+                   min_side: int = MIN_IMAGE_SIDE) -> None:
+    """Both sides at least ``min_side`` px (LPIPS), else one message with the size to enlarge to."""
+    if min(height, width) >= min_side:
+        return
+    scale = min_side / min(height, width)
+    up = (math.ceil(width * scale / multiple) * multiple, math.ceil(height * scale / multiple) * multiple)
+    raise ValueError(
+        f"{node}: {what} is {width}x{height}; each side must be at least {min_side} px for the "
+        f"perceptual (LPIPS) guidance. Use a larger photo or enlarge it first (e.g. Upscale Image "
+        f"to {up[0]}x{up[1]})."
+    )
+
+
 def check_image_size(image: torch.Tensor, node: str, multiple: int = LATENT_MULTIPLE,
                      min_side: int = MIN_IMAGE_SIDE) -> None:
     """IMAGE (B, H, W, C): both sides at least ``min_side`` (LPIPS) and multiples of ``multiple``
     (else VAE Encode silently crops)."""
     height, width = int(image.shape[1]), int(image.shape[2])
-    if min(height, width) < min_side:
-        scale = min_side / min(height, width)
-        up = (math.ceil(width * scale / multiple) * multiple, math.ceil(height * scale / multiple) * multiple)
-        raise ValueError(
-            f"{node}: the image is {width}x{height}; each side must be at least {min_side} px for the "
-            f"perceptual (LPIPS) guidance. Use a larger photo or enlarge it first (e.g. Upscale Image "
-            f"to {up[0]}x{up[1]})."
-        )
+    check_min_side(width, height, node, "the image", multiple, min_side)
     if height % multiple or width % multiple:
         fit = (width // multiple * multiple, height // multiple * multiple)
         raise ValueError(

@@ -309,3 +309,14 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
         thread.join(10)
     assert seen[-2:] == [("/object_info", "Bearer s3cret", "vision"), ("/ws", "Bearer s3cret", "vision")]
 
+
+
+def test_core_cli_client_repeated_validation_message_is_shown_once():
+    """ComfyUI repeats a node's validate_inputs message for every input the hook declares."""
+    p = {"10": {"class_type": "PSGEdit", "inputs": {}, "_meta": {"title": "PSG Edit"}}}
+    message = "PSG Edit: 'scale' is nan, not a number it can use"
+    answer = {"error": {"message": "Prompt outputs failed validation"}, "node_errors": {"10": {"errors": [
+        {"type": "custom_validation_failed", "message": "Custom validation failed for node",
+         "details": f"{name} - {message}"} for name in ("w_source", "w_edit", "scale")]}}}
+    text = workflow.describe_rejection(answer, p)
+    assert text.count(message) == 1 and "node 10 'PSG Edit' (PSGEdit)" in text, text
