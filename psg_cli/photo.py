@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 LATENT_MULTIPLE = 8
 """Pixels per latent cell for every supported family (SD1.x, SD2.x, SDXL, SD3, Flux VAEs)."""
+MIN_SIDE = 32
+"""The nodes refuse photos under 32 px a side (LPIPS): a long, thin photo is not shrunk below it."""
 RESIZE_CLASSES = frozenset({
     "ImageScale", "ImageScaleBy", "ImageScaleToTotalPixels", "ImageScaleToMaxDimension",
     "ResizeAndPadImage", "ImageResize", "ImageResize+", "ImageResizeKJ",
@@ -87,10 +89,10 @@ def graph_resizes(prompt: dict[str, Any], photo_ids: list[str]) -> str | None:
 
 
 def fit_size(size: tuple[int, int], max_side: int | None, multiple: int = LATENT_MULTIPLE) -> tuple[int, int]:
-    """Scale down so the long side is at most ``max_side`` (never up), then round each side to
-    the nearest multiple of ``multiple`` (at least one multiple)."""
+    """Scale down so the long side is at most ``max_side`` (never up, and never the short side
+    below :data:`MIN_SIDE`), then round each side to the nearest multiple of ``multiple``."""
     w, h = size
-    scale = min(1.0, max_side / max(w, h)) if max_side else 1.0
+    scale = min(1.0, max(max_side / max(w, h), MIN_SIDE / min(w, h))) if max_side else 1.0
     return tuple(max(multiple, int(round(v * scale / multiple)) * multiple) for v in (w, h))  # type: ignore[return-value]
 
 

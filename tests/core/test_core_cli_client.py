@@ -148,7 +148,7 @@ def test_core_cli_client_plain_photo_is_uploaded_as_it_is(tmp_path):
 @pytest.mark.parametrize(("size", "max_side", "expected"), [
     ((4032, 3024), 512, (512, 384)), ((3024, 4032), 1024, (768, 1024)), ((451, 300), 512, (448, 304)),
     ((640, 427), 512, (512, 344)), ((741, 500), 0, (744, 496)), ((128, 128), 512, (128, 128)),
-    ((4, 3), 0, (8, 8)),
+    ((4, 3), 0, (8, 8)), ((4032, 200), 512, (648, 32)),
 ])
 def test_core_cli_client_fit_size_scales_down_only_to_multiples_of_8(size, max_side, expected):
     assert photo.fit_size(size, max_side) == expected
