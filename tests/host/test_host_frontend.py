@@ -3,7 +3,7 @@ and driven in headless Chromium, exactly as a user dropping the file on the canv
 dialog, no error toast or console/page error, every node known to the frontend, the graph
 (nodes, links, widget values) as in the file, and the frontend's own API conversion
 (``app.graphToPrompt``) equal to the ``workflows/api/`` twin. A screenshot of each lands in
-``tests/artifacts/frontend/``. Needs ``bash scripts/setup_browser.sh`` (skips with the reason otherwise)."""
+``tests/artifacts/frontend/``. Needs ``bash scripts/setup_browser.sh`` (skips with the reason otherwise; fails under CI)."""
 
 from __future__ import annotations
 
@@ -13,30 +13,12 @@ from typing import Any
 
 import pytest
 from psg_testing import browser, host
-from psg_testing.cli_support import write_photo
 
 logger = logging.getLogger(__name__)
 
 WORKFLOWS = host.REPO_ROOT / "workflows"
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 ARTIFACTS = host.REPO_ROOT / "tests" / "artifacts" / "frontend"
-EXAMPLE_PHOTO = "example.png"
-"""The file name the shipped LoadImage nodes refer to (a user would have uploaded a photo)."""
-
-
-@pytest.fixture(scope="module")
-def frontend(comfy_server, tmp_path_factory: pytest.TempPathFactory):
-    reason = browser.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    photo = write_photo(tmp_path_factory.mktemp("frontend") / EXAMPLE_PHOTO, size=512)
-    browser.ensure_input_image(comfy_server.url, EXAMPLE_PHOTO, photo)
-    with browser.ComfyFrontend.open(comfy_server.url) as page:
-        yield page
-    if page.external_requests:
-        logger.info("requests the page tried outside 127.0.0.1 (aborted): %s", page.external_requests)
-
-
 def _drop(frontend: browser.ComfyFrontend, name: str, text: str) -> browser.LoadReport:
     """Drop the file, then keep a screenshot of what the user sees (before any assertion)."""
     report = frontend.drop_workflow(f"{name}.json", text)
@@ -76,15 +58,3 @@ def test_host_frontend_loads_dropped_workflow(frontend, name):
             f"{name}: node {node_id} ({node['type']}) widget values changed on load"
     assert sorted(report.graph["links"]) == sorted(ui["links"]), f"{name}: links changed on load"
     assert report.prompt == api, f"{name}: the frontend's graphToPrompt differs from workflows/api/{name}.json"
-
-
-def test_host_frontend_check_catches_a_missing_node(frontend):
-    """The check can fail: a workflow with an unknown node type raises the missing-node dialog."""
-    text = (WORKFLOWS / f"{NAMES[0]}.json").read_text(encoding="utf-8")
-    ui = json.loads(text)
-    victim = next(n for n in ui["nodes"] if n["type"].startswith("PSG"))
-    victim["type"] = "PSGNoSuchNode"
-    report = _drop(frontend, "missing_node_control", json.dumps(ui))
-    problems = "\n".join(report.problems())
-    assert report.unregistered == ["PSGNoSuchNode"]
-    assert "dialog:" in problems and "PSGNoSuchNode" in problems, problems

@@ -328,23 +328,49 @@ def test_host_reliability_extreme_allowed_values_give_a_finite_result(server, ov
     assert torch.isfinite(latent).all()
 
 
-@pytest.mark.parametrize(
-    ("texts", "mask"),
-    [(("", "", ""), None), (("", "a photo of a cat", "a photo of a tiger"), "small"),
-     (("", "a photo of a cat", "a photo of a tiger"), "big")],
-    ids=["all_prompts_empty", "mask_smaller_than_image", "mask_bigger_than_image"],
-)
-def test_host_reliability_tolerated_inputs_run(server, texts, mask):
-    """Empty prompts are valid prompts; a mask of another size is resized to the image."""
+def _edit_latent(server: ComfyServer, tag: str, *, texts: tuple[str, str, str] | None = None,
+                 mask: tuple[float, int, int] | None = None, **overrides) -> torch.Tensor:
+    """The PSG Edit's latent for one prompt. ``mask`` = (value, width, height): a SolidMask of that
+    value, whose left half is 1 when value is -1."""
     graph = PSGGraph(texts=texts)
-    extra = {}
     if mask is not None:
-        side = 16 if mask == "small" else 256
-        extra["mask"] = graph.node("SolidMask", value=1.0, width=side, height=side + 8).out(0)
-    edit = graph.edit(**extra)
-    graph.preview(edit.out(2))
+        value, width, height = mask
+        solid = graph.node("SolidMask", value=max(value, 0.0), width=width, height=height)
+        if value < 0:
+            half = graph.node("SolidMask", value=1.0, width=width // 2, height=height)
+            solid = graph.node("MaskComposite", destination=solid.out(0), source=half.out(0), x=0, y=0,
+                               operation="add")
+        overrides["mask"] = solid.out(0)
+    edit = graph.edit(**overrides)
+    graph.node("SaveLatent", samples=edit.out(1), filename_prefix=f"psg_rel/tolerated_{tag}")
     entry = server.run(graph.prompt())
     assert entry["status"]["status_str"] == "success"
+    (saved,) = [item for out in entry["outputs"].values() for item in out.get("latents", [])]
+    return load_file(str(server.base_dir / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+
+
+HALF = -1.0
+"""``_edit_latent`` mask value: left half 1 (edited), right half 0 (kept)."""
+
+
+def test_host_reliability_empty_prompts_are_valid_prompts(server):
+    latent = _edit_latent(server, "empty", texts=("", "", ""))
+    assert torch.isfinite(latent).all()
+
+
+def test_host_reliability_mask_of_another_size_is_resized_to_the_image(server):
+    """A mask of another size and aspect acts as the same mask drawn at the photo's size (64 px): a
+    half mask at twice the size (its bilinear resize is exact) as the half mask; a smaller, taller
+    all-0 mask as the all-0 mask; a smaller all-1 mask (edit everything) as no perceptual pull."""
+    unmasked = _edit_latent(server, "unmasked")
+    unguided = _edit_latent(server, "unguided", scale=0.0)
+    half = _edit_latent(server, "half_64", mask=(HALF, 64, 64))
+    assert not torch.equal(unmasked, unguided), "perceptual guidance changed nothing: the check is void"
+    assert not torch.equal(half, unmasked) and not torch.equal(half, unguided), "the mask changed nothing"
+    torch.testing.assert_close(_edit_latent(server, "half_128", mask=(HALF, 128, 128)), half)
+    torch.testing.assert_close(_edit_latent(server, "keep_16", mask=(0.0, 16, 24)),
+                               _edit_latent(server, "keep_64", mask=(0.0, 64, 64)))
+    torch.testing.assert_close(_edit_latent(server, "free_16", mask=(1.0, 16, 24)), unguided)
 
 
 def test_host_reliability_unsupported_model_detection_in_process(comfy_host, tiny_models):

@@ -18,6 +18,8 @@ ENV_VAR = "COMFYUI_ROOT"
 DEFAULT_ROOT = Path("~/ComfyUI")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CACHED_ROOT = REPO_ROOT / ".cache" / "ComfyUI"
+"""Where the test command extracts ComfyUI when no other host is found."""
 TEST_NODES_DIR = Path(__file__).resolve().parent / "comfy_test_nodes"
 PACK_LINK_NAME = "ComfyUI-PSG"
 """Name under custom_nodes/ that the pack gets, as a git clone or the registry would give it."""
@@ -39,8 +41,10 @@ def find_comfyui_root() -> Path | None:
     if env_value:
         path = Path(env_value).expanduser().resolve()
         return path if is_comfyui_root(path) else None
-    path = DEFAULT_ROOT.expanduser().resolve()
-    return path if is_comfyui_root(path) else None
+    for path in (DEFAULT_ROOT.expanduser().resolve(), CACHED_ROOT):
+        if is_comfyui_root(path):
+            return path
+    return None
 
 
 def no_host_message() -> str:
@@ -49,12 +53,13 @@ def no_host_message() -> str:
     if env_value:
         where = f"{ENV_VAR}={env_value} is not a ComfyUI source tree"
     else:
-        where = f"{ENV_VAR} is unset and {DEFAULT_ROOT.expanduser()} is not a ComfyUI source tree"
+        where = (f"{ENV_VAR} is unset and neither {DEFAULT_ROOT.expanduser()} nor {CACHED_ROOT} "
+                 f"is a ComfyUI source tree")
     return (
         f"NO COMFYUI HOST: {where} (need main.py, nodes.py and comfy/), so every test under "
-        f"tests/host is SKIPPED. To run them, get the ComfyUI source "
-        f"(git clone https://github.com/Comfy-Org/ComfyUI), set {ENV_VAR}=/path/to/ComfyUI "
-        f"(or put it at ~/ComfyUI) and rerun scripts/test.sh."
+        f"tests/host and tests/harness is SKIPPED. To run them, run the test command "
+        f"(bash scripts/test.sh: it brings ComfyUI 0.3.64 into .cache/ComfyUI), or set "
+        f"{ENV_VAR}=/path/to/ComfyUI (a checkout of https://github.com/Comfy-Org/ComfyUI)."
     )
 
 

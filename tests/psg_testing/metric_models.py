@@ -1,7 +1,8 @@
 """Tiny stand-ins for the metric models (no weights can be downloaded in tests).
 
 ``save_tiny_clip(folder)``: a random 2-layer CLIP (hidden 32, projection 16, 32 px images)
-with the SD1 tokenizer that ships with ComfyUI, saved as a transformers folder, i.e. what
+with the SD1 tokenizer that ships with ComfyUI (a byte-level stand-in without a host), saved as a
+transformers folder, i.e. what
 ``models/clip_score/<name>/`` holds for a real CLIP.
 ``save_random_alexnet(folder)``: a seeded random AlexNet backbone under torchvision's file
 name, i.e. what ``models/lpips/`` holds for the PSG LPIPS Loader.
@@ -28,13 +29,26 @@ def tokenizer_dir() -> Path | None:
     return None
 
 
+def byte_level_tokenizer_files(folder: Path) -> Path:
+    """CLIP tokenizer files with no merges: every byte is a token (with and without the word-end
+    mark), so any text tokenizes; for tests that run without ComfyUI's tokenizer files."""
+    import json
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    # byte-level BPE's alphabet: printable bytes stand for themselves, the others map past 255
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return folder
+
+
 def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny random CLIP model + processor into ``folder``; raises LookupError without a tokenizer."""
+    """Write a tiny random CLIP model + processor into ``folder``."""
     import transformers
 
-    tok_dir = tokenizer_dir()
-    if tok_dir is None:
-        raise LookupError(f"no CLIP tokenizer files (vocab.json, merges.txt) at {SD1_TOKENIZER}; they ship with ComfyUI")
+    tok_dir = tokenizer_dir() or byte_level_tokenizer_files(folder / "byte_tokenizer")
     tok = transformers.CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"))
     images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}

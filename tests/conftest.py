@@ -1,7 +1,9 @@
-"""Fixtures for tests against a real ComfyUI host (see tests/psg_testing/host*.py).
+"""Fixtures for tests against a real ComfyUI host (see tests/psg_testing/host*.py), shared by the
+pack's host tests (tests/host) and the tests of the harness itself (tests/harness).
 
 Session fixtures (one of each per test run):
-  comfy_root    Path of the ComfyUI source tree in use ($COMFYUI_ROOT, else ~/ComfyUI).
+  comfy_root    Path of the ComfyUI source tree in use ($COMFYUI_ROOT, else ~/ComfyUI; the test
+                command sets $COMFYUI_ROOT, extracting ComfyUI into .cache/ComfyUI if need be).
   comfy_host    psg_testing.host_inprocess.InProcessHost: ComfyUI booted as a library
                 (CPU) with built-ins, comfy_extras, this pack and the test-only nodes.
                 ``run(prompt, outputs=None, *, reuse_cache=False, on_progress=None)
@@ -19,6 +21,8 @@ Session fixtures (one of each per test run):
                 ``events()`` (websocket, ``wait_for(type, where=...)``), ``log_tail()``.
   tiny_models   psg_testing.tiny_models.build_tiny(family, seed=0, *, cached=True)
                 -> TinyModels(model, clip, vae, family); families sd15, sd2v, sdxl, flow.
+  frontend      psg_testing.browser.ComfyFrontend: ComfyUI's web frontend of ``comfy_server`` in
+                headless Chromium (needs ``bash scripts/setup_browser.sh``).
 
 Both runners raise psg_testing.host.PromptValidationError (``.error``, ``.node_errors``),
 PromptExecutionError (``.node_id``, ``.node_type``, ``.exception_type``,
@@ -43,25 +47,38 @@ Rules the harness relies on:
     psg_core never imports comfy must check in a subprocess.
   * ``comfy_host.run`` starts from an empty output cache unless ``reuse_cache=True``.
 
-Without a host every test file here is reported skipped WITHOUT being imported (so test
-modules may import comfy at top level), and the run ends with one loud line saying so.
-If the pack (or the test nodes) fails to import, the fixtures raise with the import error.
+Without a host every test file under tests/host and tests/harness is reported skipped WITHOUT
+being imported (so test modules may import comfy at top level), and the run ends with one loud line
+saying so. Under CI (``CI=true``) every skip, here or anywhere, is a failure with its reason. If the pack
+(or the test nodes) fails to import, the fixtures raise with the import error.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from psg_testing import host
+from psg_testing import browser, host
+from psg_testing.cli_support import write_photo
 
 logger = logging.getLogger(__name__)
 
 COMFY_ROOT = host.find_comfyui_root()
-HOST_TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parent
+HOST_TEST_DIRS = (TESTS_DIR / "host", TESTS_DIR / "harness")
+"""Tests that need a ComfyUI host: skipped without one (each file unimported)."""
 SKIP_REASON = "no ComfyUI host ($COMFYUI_ROOT or ~/ComfyUI): see the NO COMFYUI HOST line"
+UNDER_CI = os.environ.get("CI", "").lower() == "true"
+EXAMPLE_PHOTO = "example.png"
+"""The file name the shipped LoadImage nodes refer to (a user would have uploaded a photo)."""
+
+
+def needs_host(path: Path) -> bool:
+    path = path.resolve()
+    return any(folder == path or folder in path.parents for folder in HOST_TEST_DIRS)
 
 if COMFY_ROOT is not None:
     # Before any test module is imported: CPU mode, host first on sys.path.
@@ -88,7 +105,7 @@ class _SkippedHostItem(pytest.Item):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if COMFY_ROOT is None and HOST_TESTS_DIR in module_path.resolve().parents:
+    if COMFY_ROOT is None and needs_host(module_path):
         return _SkippedHostFile.from_parent(parent, path=module_path)
     return None
 
@@ -100,12 +117,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"host tests ran against the ComfyUI source tree at {COMFY_ROOT}")
 
 
-# --------------------------------------------------------------------------- server log on failure
+# --------------------------------------------------------------------------- reports
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Under CI every skip is a failure (the host, the browser and every module are part of what
+    CI proves); a failure next to a server carries the tail of its log."""
     report = yield
+    if UNDER_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: no test may skip, and this one did: {_skip_reason(report)}"
     server = getattr(item, "funcargs", {}).get("comfy_server")
     if report.failed and server is not None:
         report.sections.append(("ComfyUI server log (tail)", server.log_tail()))
@@ -147,3 +176,16 @@ def tiny_models(comfy_root: Path) -> Callable:
     from psg_testing.tiny_models import build_tiny
 
     return build_tiny
+
+
+@pytest.fixture(scope="module")
+def frontend(comfy_server, tmp_path_factory: pytest.TempPathFactory):
+    reason = browser.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    photo = write_photo(tmp_path_factory.mktemp("frontend") / EXAMPLE_PHOTO, size=512)
+    browser.ensure_input_image(comfy_server.url, EXAMPLE_PHOTO, photo)
+    with browser.ComfyFrontend.open(comfy_server.url) as page:
+        yield page
+    if page.external_requests:
+        logger.info("requests the page tried outside 127.0.0.1 (aborted): %s", page.external_requests)
