@@ -48,13 +48,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from psg_cli import photo
-Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)).save('deep.png')
-p = photo.prepare_photo(Path('deep.png'), Path('out'), 32)
+Image.fromarray((np.arange(128 * 96).reshape(96, 128) * 5).astype(np.uint16)).save('deep.png')
+p = photo.prepare_photo(Path('deep.png'), Path('out'), 64)
 print(p.upload_size, p.changes)
 """
     proc, names = _light(tmp_path, "-c", code)
     assert proc.returncode == 0, proc.stderr
-    assert "(32, 24)" in proc.stdout and "16-bit greyscale -> 8-bit RGB" in proc.stdout
+    assert "(64, 48)" in proc.stdout and "16-bit greyscale -> 8-bit RGB" in proc.stdout
     allowed = set(sys.stdlib_module_names) | {"PIL", "numpy", "psg_cli", "__main__"} | _baseline(tmp_path)
     assert names - allowed == set(), f"the client imported {sorted(names - allowed)}"
     assert {"PIL", "numpy", "psg_cli"} <= names  # the log is real: it saw the client's own imports
