@@ -1,6 +1,6 @@
-"""Guidance-decoder quality check (issue 10): does a cheap guidance decoder keep the edit as good?
+"""Guidance-decoder quality check: does a cheap guidance decoder keep the edit as good?
 
-For each edit of ``../shared/data/edits.json`` (or ``--dataset``) the shipped ``psg_edit`` workflow
+For each edit of the shipped example dataset ``examples/edits.json`` (or ``--dataset``) the shipped ``psg_edit`` workflow
 runs four times through the CLI's in-process ComfyUI (``psg_cli``: the same graph a user runs):
 
     no perceptual guidance   PSG Edit scale 0
@@ -50,7 +50,7 @@ from psg_cli.errors import CliError  # noqa: E402
 from psg_core.report import measure_item  # noqa: E402
 
 logger = logging.getLogger("quality_check")
-DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "edits.json"
+DEFAULT_DATASET = ROOT / "examples" / "edits.json"
 EDIT_NODE = "PSG Edit"
 STAND_IN_BANNER = """\
 ################################################################################
@@ -147,8 +147,20 @@ def edited_region(item: BatchItem) -> list[float] | None:
     background: it is measured on the whole image and its LPIPS guidance is unmasked)."""
     box = item.request.mask_box
     if item.request.mask is not None:
-        logger.warning("%s: mask images are not used here, only mask_box", item.id)
+        box = mask_bounding_box(item.request.mask)
+        logger.info("%s: mask image -> its bounding box %s (photos are cropped square here)", item.id, box)
     return None if box is None or list(box) == [0.0, 0.0, 1.0, 1.0] else box
+
+
+def mask_bounding_box(mask: Path) -> list[float] | None:
+    """[x0, y0, x1, y1] fractions around the white (edited) pixels of a grey mask image."""
+    with Image.open(mask) as img:
+        grey = np.asarray(img.convert("L")) > 127
+    if not grey.any():
+        return None
+    rows, cols = np.flatnonzero(grey.any(axis=1)), np.flatnonzero(grey.any(axis=0))
+    h, w = grey.shape
+    return [cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h]
 
 
 def load_metric_models(clip: Path | None) -> tuple[Any, Any]:

@@ -99,6 +99,18 @@ class PSGEdit(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(
+        cls,
+        w_source: float | None = None,
+        w_edit: float | None = None,
+        scale: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> bool | str:
+        # the pack's number widgets, checked before anything runs (NaN / inf / range)
+        return validation.check_number_inputs(cls, locals())
+
+    @classmethod
     def execute(cls, model, vae, image, null, source, edit, lpips, steps, scheduler, w_source, w_edit,
                 text_optimisation, inner_steps, scale, start, end, mask=None, guidance_vae=None,
                 guidance_resolution="full") -> io.NodeOutput:

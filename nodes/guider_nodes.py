@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from ..psg_core.ddim import offset_as_x0
 from ..psg_core.guidance import triple_combine
-from . import host
+from . import host, validation
 from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, check_matches
 
 if TYPE_CHECKING:
@@ -175,6 +175,15 @@ class PSGTriplePromptGuider(io.ComfyNode):
             ],
             outputs=[io.Guider.Output(tooltip="A GUIDER for SamplerCustomAdvanced (with the PSG Perceptual Sampler or any sampler).")],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        w_source: float | None = None,
+        w_edit: float | None = None,
+    ) -> bool | str:
+        # the pack's number widgets, checked before anything runs (NaN / inf / range)
+        return validation.check_number_inputs(cls, locals())
 
     @classmethod
     def execute(cls, model, null, source, edit, w_source, w_edit, inversion=None) -> io.NodeOutput:

@@ -166,6 +166,14 @@ class PSGDDIMInversion(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(
+        cls,
+        cfg: float | None = None,
+    ) -> bool | str:
+        # the pack's number widgets, checked before anything runs (NaN / inf / range)
+        return validation.check_number_inputs(cls, locals())
+
+    @classmethod
     def execute(cls, model, latent, source, steps, scheduler, cfg, null=None, refine=0) -> io.NodeOutput:
         node = "PSG DDIM Inversion"
         samples = latent_samples(latent, node)
@@ -204,6 +212,15 @@ class PSGTextGuidanceOptimize(io.ComfyNode):
                 PSGInversionType.Output(display_name="inversion", tooltip="The inversion carrying the per-step nulls or offsets; plug it into the PSG guider."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        guidance_scale: float | None = None,
+        tolerance: float | None = None,
+    ) -> bool | str:
+        # the pack's number widgets, checked before anything runs (NaN / inf / range)
+        return validation.check_number_inputs(cls, locals())
 
     @classmethod
     def execute(cls, model, inversion, source, null, mode, guidance_scale, inner_steps, tolerance) -> io.NodeOutput:

@@ -19,7 +19,7 @@ from comfy_api.latest import io
 
 from ..psg_core import metrics as M
 from ..psg_core import plots
-from . import host
+from . import host, validation
 from .psg_types import PSGLossesType, PSGLpipsType
 
 logger = logging.getLogger(__name__)
@@ -231,6 +231,14 @@ class PSGCompareGrid(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="grid", tooltip="One grid image per batch item: height + caption strip, three panels wide plus the colour bar.")],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        max_difference: float | None = None,
+    ) -> bool | str:
+        # the pack's number widgets, checked before anything runs (NaN / inf / range)
+        return validation.check_number_inputs(cls, locals())
 
     @classmethod
     def execute(cls, source: torch.Tensor, edit: torch.Tensor, max_difference: float = 0.0) -> io.NodeOutput:

@@ -86,6 +86,8 @@ def build_perceptual(
     ratio = _spatial_ratio(decoder_vae)
     reduced = host.reduced_size(latent_hw[0], latent_hw[1], factor)
     size = (reduced[0] * ratio, reduced[1] * ratio)
+    if factor == 1:
+        validation.check_min_side(size[1], size[0], node, "the photo (guidance image)")
     if factor > 1 and min(size) < MIN_GUIDANCE_SIDE:
         fits = [name for name, f in GUIDANCE_RESOLUTIONS.items()
                 if f == 1 or min(host.reduced_size(latent_hw[0], latent_hw[1], f)) * ratio >= MIN_GUIDANCE_SIDE]
@@ -253,6 +255,16 @@ class PSGPerceptualSampler(io.ComfyNode):
             ],
             outputs=[io.Sampler.Output(tooltip="A SAMPLER for SamplerCustomAdvanced.")],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        scale: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> bool | str:
+        # the pack's number widgets, checked before anything runs (NaN / inf / range)
+        return validation.check_number_inputs(cls, locals())
 
     @classmethod
     def execute(cls, vae, reference, lpips, scale, start, end, every, gradient, mask=None, inversion=None,

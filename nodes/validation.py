@@ -1,9 +1,11 @@
 """Input checks shared by several PSG nodes: each failure is one short message naming the node,
-the input and what to change (issue 9), instead of a crash deep inside torch."""
+the input and what to change, instead of a crash deep inside torch."""
 
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 import torch
 
@@ -11,6 +13,42 @@ logger = logging.getLogger(__name__)
 
 LATENT_MULTIPLE = 8
 """Image sides must be multiples of the VAE's downscale factor (8 for every supported family)."""
+MIN_IMAGE_SIDE = 32
+"""LPIPS-AlexNet's stride-4 stem and two 3x3 max-pools need about 31 px per side (VGG 16, SqueezeNet
+about as many); smaller photos fail deep inside the backbone with 'Output size is too small'."""
+
+
+def check_number_inputs(node_cls: Any, values: dict[str, Any]) -> bool | str:
+    """Body of a node's ``validate_inputs(cls, <its number inputs>=None)``, called with ``locals()``:
+    True, or one message naming the node, the input and the fix.
+
+    JSON (so ComfyUI's HTTP API) accepts NaN and Infinity, and ComfyUI's own min/max test lets
+    NaN through (every comparison with NaN is false); a NaN weight then "succeeds" with a garbage
+    image. Naming an input in ``validate_inputs`` also switches ComfyUI's min/max test off for
+    it, so the declared range is checked here too. Linked inputs arrive as None (their values
+    are not known before the graph runs) and are skipped.
+    """
+    schema = node_cls.define_schema()  # not GET_SCHEMA: that caches on the class, locked while validating
+    label = schema.display_name or schema.node_id
+    specs = {spec.id: spec for spec in schema.inputs}
+    for name, value in values.items():
+        if name == "cls" or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        spec = specs.get(name)
+        low, high = getattr(spec, "min", None), getattr(spec, "max", None)
+        default = getattr(spec, "default", None)
+        if low is not None and high is not None:
+            allowed = f" between {low:g} and {high:g}"
+        else:
+            allowed = f" of at least {low:g}" if low is not None else ""
+            allowed = f" of at most {high:g}" if high is not None else allowed
+        hint = f" (default {default:g})" if isinstance(default, (int, float)) else ""
+        if not math.isfinite(value):
+            return (f"{label}: '{name}' is {value}, not a number it can use; set a finite number{allowed}"
+                    f"{hint} in the node or the workflow file.")
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"{label}: '{name}' is {value:g}; set a number{allowed}{hint}."
+    return True
 
 
 def check_finite(tensor: torch.Tensor, name: str, node: str) -> None:
@@ -22,9 +60,26 @@ def check_finite(tensor: torch.Tensor, name: str, node: str) -> None:
         )
 
 
-def check_image_size(image: torch.Tensor, node: str, multiple: int = LATENT_MULTIPLE) -> None:
-    """IMAGE (B, H, W, C): both sides multiples of ``multiple``, else VAE Encode silently crops."""
+def check_min_side(width: int, height: int, node: str, what: str = "the image", multiple: int = LATENT_MULTIPLE,
+                   min_side: int = MIN_IMAGE_SIDE) -> None:
+    """Both sides at least ``min_side`` px (LPIPS), else one message with the size to enlarge to."""
+    if min(height, width) >= min_side:
+        return
+    scale = min_side / min(height, width)
+    up = (math.ceil(width * scale / multiple) * multiple, math.ceil(height * scale / multiple) * multiple)
+    raise ValueError(
+        f"{node}: {what} is {width}x{height}; each side must be at least {min_side} px for the "
+        f"perceptual (LPIPS) guidance. Use a larger photo or enlarge it first (e.g. Upscale Image "
+        f"to {up[0]}x{up[1]})."
+    )
+
+
+def check_image_size(image: torch.Tensor, node: str, multiple: int = LATENT_MULTIPLE,
+                     min_side: int = MIN_IMAGE_SIDE) -> None:
+    """IMAGE (B, H, W, C): both sides at least ``min_side`` (LPIPS) and multiples of ``multiple``
+    (else VAE Encode silently crops)."""
     height, width = int(image.shape[1]), int(image.shape[2])
+    check_min_side(width, height, node, "the image", multiple, min_side)
     if height % multiple or width % multiple:
         fit = (width // multiple * multiple, height // multiple * multiple)
         raise ValueError(

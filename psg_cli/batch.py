@@ -59,7 +59,8 @@ def _rel(path: Path, base: Path) -> str:
 def request_for(item: BatchItem, template: EditRequest) -> EditRequest:
     """The item's photo and prompts with the run's settings (checkpoint, seed, VAE, --set...)."""
     return replace(item.request, ckpt=template.ckpt, seed=template.seed, guidance_vae=template.guidance_vae,
-                   sets=list(template.sets), workflow=template.workflow)
+                   sets=list(template.sets), workflow=template.workflow, working_size=template.working_size,
+                   output_size=template.output_size)
 
 
 # --------------------------------------------------------------------------- preflight
@@ -253,7 +254,8 @@ class BatchRun:
             it = self.items[item_id].request
             self.keys[item_id] = item_key(photo=it.image, mask=it.mask, mask_box=it.mask_box, source=it.source,
                                           target=it.target, template=self.template, ckpt=req.ckpt, seed=req.seed,
-                                          guidance_vae=req.guidance_vae, sets=req.sets)
+                                          guidance_vae=req.guidance_vae, sets=req.sets,
+                                          working_size=req.working_size, output_size=req.output_size)
         latest = latest_by_key(self.journal_path)
         for item_id in self.order:
             entry = latest.get((item_id, self.keys[item_id]))

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import roles, workflow
+from . import photo, roles, workflow
 from .errors import CliError
 from .progress import ProgressReporter
 
@@ -47,6 +47,10 @@ class EditRequest:
     guidance_vae: str | None = None
     sets: list[str] = field(default_factory=list)
     workflow: str = DEFAULT_WORKFLOW
+    working_size: int | None = None
+    """Long side the CLI scales the photo down to; None: the family's default (or the
+    workflow's own resize node), 0: keep the photo's size (sides still rounded to a multiple of 8)."""
+    output_size: str = photo.OutputSize.ORIGINAL.value
 
 
 def _upload_name(path: Path, data: bytes) -> str:
@@ -66,8 +70,7 @@ def mask_from_box(image: Path, box: list[float], dest: Path) -> Path:
 
     if len(box) != 4 or not all(0.0 <= float(v) <= 1.0 for v in box) or box[0] >= box[2] or box[1] >= box[3]:
         raise CliError(f"mask_box {box}: expected [x0, y0, x1, y1] fractions with x0 < x1, y0 < y1")
-    with Image.open(image) as im:
-        w, h = im.size
+    w, h = photo.image_size(image)
     mask = Image.new("L", (w, h), 0)
     ImageDraw.Draw(mask).rectangle(
         [round(box[0] * w), round(box[1] * h), round(box[2] * w) - 1, round(box[3] * h) - 1], fill=255)
@@ -110,37 +113,119 @@ def save_outputs(backend: Backend, prompt: workflow.Prompt, outputs: dict[str, A
     return files, extras
 
 
+FIT_IMAGE = "PSGFitImage"
+FIT_OUTPUT_SIZE = {photo.OutputSize.ORIGINAL.value: "photo size", photo.OutputSize.WORKING.value: "working size"}
+"""The client's --output-size as PSG Fit Image's output_size option."""
+
+
+def client_side_size(req: EditRequest, prompt: workflow.Prompt) -> tuple[int | None, str]:
+    """(long side the CLI scales the photo down to, None = leave the size to the workflow; why)."""
+    resizer = photo.graph_resizes(prompt, workflow.find_role(prompt, roles.PHOTO))
+    if resizer is not None and prompt[resizer].get("class_type") == FIT_IMAGE:
+        # the pack's own resize node takes both choices as its inputs
+        inputs = prompt[resizer]["inputs"]
+        if req.working_size is not None:
+            inputs["long_side"] = req.working_size
+        inputs["output_size"] = FIT_OUTPUT_SIZE[req.output_size]
+        return None, f"resized in the workflow by {workflow.describe_node(prompt, resizer)}"
+    if resizer is not None:
+        if req.working_size is not None:
+            raise CliError(f"this workflow resizes the photo itself ({workflow.describe_node(prompt, resizer)}): "
+                           f"change that size with --set '{resizer}.INPUT=VALUE', not --working-size")
+        return None, f"resized in the workflow by {workflow.describe_node(prompt, resizer)}"
+    if req.working_size is not None:
+        if req.working_size == 0:
+            return 0, "the photo's own size (--working-size 0)"
+        return req.working_size, f"long side at most {req.working_size} px (--working-size)"
+    side, family = photo.working_size_for(prompt, req.workflow)
+    return side, f"long side at most {side} px, the {family} default (--working-size N to change)"
+
+
+@dataclass
+class PhotoSizing:
+    """What the client did to the photo and why: the record says it, the result is scaled back by it."""
+
+    prepared: photo.PreparedPhoto
+    working_rule: str
+
+
+def prepare_photo(req: EditRequest, prompt: workflow.Prompt, folder: Path) -> PhotoSizing:
+    """The photo as one upright 8-bit RGB frame at the size the workflow needs, written in ``folder``
+    (deterministic: a client collecting a prompt after a restart can redo it)."""
+    max_side, working_rule = client_side_size(req, prompt)
+    return PhotoSizing(photo.prepare_photo(req.image, folder, max_side), working_rule)
+
+
+def _finish_outputs(out_dir: Path, files: list[str], prepared: photo.PreparedPhoto,
+                    output_size: str) -> tuple[int, int]:
+    """Scale the edited image(s) back to the photo's size unless the working size was asked for;
+    returns the size the model worked at (the edited image as the workflow saved it)."""
+    working = photo.image_size(out_dir / files[0])
+    if output_size == photo.OutputSize.ORIGINAL.value and working != prepared.photo_size:
+        for name in files:
+            photo.rescale_file(out_dir / name, prepared.photo_size)
+    return working
+
+
+def describe_sizes(record: dict[str, Any]) -> str:
+    """One line for the CLI's output: the photo's size, what the model worked at, what was saved."""
+    sizes = record["sizes"]
+    changes = f" ({'; '.join(sizes['photo_changes'])})" if sizes["photo_changes"] else ""
+    return (f"photo {sizes['photo']}{changes}; model worked at {sizes['working']} ({sizes['working_rule']}); "
+            f"saved at {sizes['saved']} (--output-size {sizes['output_size']})")
+
+
 QueuedHook = Callable[[str, workflow.Prompt, dict[str, Any]], None]
 """Called with (prompt_id, filled prompt, applied --set values) once a server has queued the edit."""
 
 
 def build_prompt(backend: Backend, req: EditRequest, stem: str, template: workflow.Prompt | None = None
-                 ) -> tuple[workflow.Prompt, dict[str, Any]]:
-    """Upload the photo (and mask) and fill the workflow; returns (prompt, applied --set values)."""
+                 ) -> tuple[workflow.Prompt, dict[str, Any], PhotoSizing]:
+    """Prepare and upload the photo (and mask) and fill the workflow; returns (prompt, applied --set
+    values, what was done to the photo)."""
+    if req.output_size not in {o.value for o in photo.OutputSize}:
+        raise CliError(f"output size '{req.output_size}': expected one of "
+                       f"{', '.join(o.value for o in photo.OutputSize)}")
     template = template if template is not None else workflow.load_workflow(req.workflow)
     info = backend.object_info()
     workflow.check_nodes_installed(template, info, backend.label)
-    photo = upload(backend, req.image)
-    prompt = workflow.fill(template, image=photo, source=req.source, target=req.target,
+    prompt = workflow.fill(template, image="", source=req.source, target=req.target,
                            ckpt=req.ckpt, seed=req.seed, guidance_vae=req.guidance_vae)
     mask_path = req.mask
-    with tempfile.TemporaryDirectory(prefix="psg_mask_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="psg_photo_") as tmp:
+        sizing = prepare_photo(req, prompt, Path(tmp))
+        prepared = sizing.prepared
+        workflow.set_role(prompt, roles.PHOTO, upload(backend, prepared.path))
         if mask_path is None and req.mask_box is not None:
-            mask_path = mask_from_box(req.image, req.mask_box, Path(tmp) / f"{req.image.stem}_mask.png")
+            mask_path = mask_from_box(prepared.path, req.mask_box, Path(tmp) / f"{req.image.stem}_box_mask.png")
         if mask_path is not None:
+            if not mask_path.is_file():
+                raise CliError(f"mask not found: {mask_path}")
+            mask_path = photo.prepare_mask(mask_path, Path(tmp) / f"{req.image.stem}_mask.png", prepared.upload_size)
             workflow.add_mask(prompt, info, upload(backend, mask_path))
     workflow.set_output_prefix(prompt, f"psg/{stem}-{uuid.uuid4().hex[:8]}")
     applied = workflow.apply_sets(prompt, info, req.sets)
     workflow.check_values(prompt, info, backend.label)
-    return prompt, applied
+    return prompt, applied, sizing
 
 
 def finish_edit(backend: Backend, req: EditRequest, prompt: workflow.Prompt, applied: dict[str, Any],
-                outputs: dict[str, Any], out_dir: Path, stem: str, started: float) -> dict[str, Any]:
-    """Download the outputs of a finished prompt; write and return the settings/result record."""
+                outputs: dict[str, Any], out_dir: Path, stem: str, started: float,
+                sizing: PhotoSizing | None = None) -> dict[str, Any]:
+    """Download the outputs of a finished prompt; write and return the settings/result record.
+    ``sizing`` None (a prompt collected after a restart): the photo's preparation is redone."""
+    if sizing is None:
+        with tempfile.TemporaryDirectory(prefix="psg_photo_") as tmp:
+            sizing = prepare_photo(req, prompt, Path(tmp))
+    prepared = sizing.prepared
     out_dir.mkdir(parents=True, exist_ok=True)
     files, extras = save_outputs(backend, prompt, outputs, out_dir, stem)
     edited_title = workflow.title_of(prompt, _edited_nodes(prompt, outputs)[0])
+    working = _finish_outputs(out_dir, files[edited_title], prepared, req.output_size)
+    sizes = {"photo": photo.size_text(prepared.photo_size), "photo_changes": prepared.changes,
+             "uploaded": photo.size_text(prepared.upload_size), "working": photo.size_text(working),
+             "working_rule": sizing.working_rule, "output_size": req.output_size,
+             "saved": photo.size_text(photo.image_size(out_dir / files[edited_title][0]))}
     record = {
         "image": str(req.image),
         "source": req.source,
@@ -155,6 +240,7 @@ def finish_edit(backend: Backend, req: EditRequest, prompt: workflow.Prompt, app
                               for n in workflow.find_role(prompt, roles.GUIDANCE_VAE)), None),
         "seed": req.seed,
         "overrides": applied,
+        "sizes": sizes,
         "output": files[edited_title][0],
         "outputs": files,
         "metrics": extras,
@@ -170,7 +256,7 @@ def run_edit(backend: Backend, req: EditRequest, out_dir: Path, stem: str, progr
              on_queued: QueuedHook | None = None) -> dict[str, Any]:
     """Do one edit end to end; returns the settings/result record also written to STEM.json."""
     started = time.monotonic()
-    prompt, applied = build_prompt(backend, req, stem, template)
+    prompt, applied, sizing = build_prompt(backend, req, stem, template)
     reporter = ProgressReporter(prompt, enabled=progress, prefix=progress_prefix)
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
@@ -182,7 +268,7 @@ def run_edit(backend: Backend, req: EditRequest, out_dir: Path, stem: str, progr
         outputs = backend.run(prompt, on_event)
     finally:
         reporter.finish()
-    return finish_edit(backend, req, prompt, applied, outputs, out_dir, stem, started)
+    return finish_edit(backend, req, prompt, applied, outputs, out_dir, stem, started, sizing)
 
 
 def request_dict(req: EditRequest) -> dict[str, Any]:

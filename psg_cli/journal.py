@@ -4,7 +4,7 @@ Why append-only: a killed client loses at most the line it was writing (a torn l
 skipped on reading), nothing already written is rewritten, and the cost per item stays the
 same at 10,000 items. Why keyed: an item's ``key`` hashes everything that changes its result
 (photo and mask bytes, prompts, the workflow graph, checkpoint, every ``--set``, guidance VAE,
-seed, this pack's version), so a resumed run reuses a result only when it would be the same.
+seed, photo working and output size, this pack's version), so a resumed run reuses a result only when it would be the same.
 
 One line per event, ``{"t", "id", "key", "state", ...}``:
 
@@ -57,12 +57,14 @@ def file_digest(path: Path | None) -> str | None:
 
 def item_key(*, photo: Path, mask: Path | None, mask_box: list[float] | None, source: str, target: str,
              template: dict[str, Any], ckpt: str | None, seed: int | None, guidance_vae: str | None,
-             sets: list[str], version: str | None = None) -> str:
+             sets: list[str], working_size: int | None = None, output_size: str | None = None,
+             version: str | None = None) -> str:
     """Hash of everything that changes one item's result (see the module docstring)."""
     material = {
         "photo": file_digest(photo), "mask": file_digest(mask), "mask_box": mask_box,
         "source": source, "target": target, "workflow": template, "ckpt": ckpt, "seed": seed,
-        "guidance_vae": guidance_vae, "sets": list(sets), "pack": version or pack_version(),
+        "guidance_vae": guidance_vae, "sets": list(sets), "working_size": working_size,
+        "output_size": output_size, "pack": version or pack_version(),
     }
     blob = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

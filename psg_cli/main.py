@@ -8,13 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
-from . import roles, workflow
+from . import connection, photo, roles, workflow
 from .batch import BatchRun, LocalWorker, Worker
 from .dataset import load_dataset, safe_stem
-from .edit import DEFAULT_WORKFLOW, Backend, EditRequest, run_edit
+from .edit import DEFAULT_WORKFLOW, Backend, EditRequest, describe_sizes, run_edit
 from .errors import CliError
 
-DEFAULT_SERVER = "http://127.0.0.1:8188"
+DEFAULT_SERVER = connection.DEFAULT_SERVER
 logger = logging.getLogger("psg_cli")
 
 
@@ -38,11 +38,28 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def _working_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number of pixels, e.g. 512 (0 keeps the photo's size)") from None
+    if value != 0 and value < 64:
+        raise argparse.ArgumentTypeError("expected at least 64 px (or 0 to keep the photo's size)")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser, many_servers: bool) -> None:
-    where = p.add_argument_group("where ComfyUI runs (default: --server " + DEFAULT_SERVER + ")")
+    envs = " / ".join(f"${n}" for n in connection.SERVER_ENV)
+    where = p.add_argument_group(f"where ComfyUI runs (default: {envs}, else --server {DEFAULT_SERVER})")
     where.add_argument("--server", action="append" if many_servers else "store", metavar="URL",
                        help="ComfyUI server URL" + (" (repeat to share the work, e.g. one per GPU)"
                                                      if many_servers else ""))
+    where.add_argument("--token", metavar="TOKEN",
+                       help=f"send 'Authorization: Bearer TOKEN' (server behind a proxy; or set ${connection.TOKEN_ENV})")
+    where.add_argument("--basic-auth", metavar="USER:PASSWORD",
+                       help=f"HTTP basic auth (or set ${connection.BASIC_AUTH_ENV}, or use http://USER:PASSWORD@host)")
+    where.add_argument("--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'",
+                       help="extra header on every request and the websocket (repeatable)")
     where.add_argument("--comfy-root", type=Path, metavar="DIR",
                        help="run ComfyUI's executor in this process from this ComfyUI folder (no server)")
     where.add_argument("--base-directory", type=Path, metavar="DIR",
@@ -67,6 +84,14 @@ def _add_common(p: argparse.ArgumentParser, many_servers: bool) -> None:
     p2p.add_argument("--reweight", metavar="WORDS", help="edit-prompt words to scale, e.g. 'tiger:2, striped:0.5'")
     p2p.add_argument("--blend", metavar="WORDS", help="words naming the edited object in either prompt, e.g. "
                                                       "'cat, tiger': LocalBlend and the attention mask")
+    size = p.add_argument_group("photo size")
+    size.add_argument("--working-size", type=_working_size, metavar="PX",
+                      help=f"scale the photo down to this long side before the edit (default: the model family's, "
+                           f"{roles.DEFAULT_WORKING_SIZE} for SD1.x/SD2.x, 1024 for SDXL/SD3/Flux; 0 keeps the "
+                           f"photo's size); not for workflows that resize the photo themselves")
+    size.add_argument("--output-size", choices=[o.value for o in photo.OutputSize],
+                      default=photo.OutputSize.ORIGINAL.value,
+                      help="save the edit at the photo's own size (default) or at the size the model worked at")
     p.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up on one edit after S seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="log details (and ComfyUI's log in-process)")
@@ -144,10 +169,11 @@ def _backends(args: argparse.Namespace) -> list[Backend]:
         raise CliError("--base-directory and --cpu only apply with --comfy-root")
     from .server_backend import ServerBackend
 
-    urls = servers or [DEFAULT_SERVER]
+    urls = servers or connection.servers_from_env() or [DEFAULT_SERVER]
     if len(set(urls)) != len(urls):
         raise CliError("the same --server is given twice")
-    return [ServerBackend(u, timeout=args.timeout) for u in urls]
+    headers = connection.auth_headers(args.token, args.basic_auth, args.headers)
+    return [ServerBackend(u, timeout=args.timeout, headers=headers) for u in urls]
 
 
 def _apply_p2p(args: argparse.Namespace) -> None:
@@ -175,7 +201,8 @@ def _apply_p2p(args: argparse.Namespace) -> None:
 
 def _request(args: argparse.Namespace, **extra: object) -> EditRequest:
     return EditRequest(ckpt=args.ckpt, seed=args.seed, guidance_vae=args.guidance_vae, sets=args.sets,
-                       workflow=args.workflow, **extra)
+                       workflow=args.workflow, working_size=args.working_size, output_size=args.output_size,
+                       **extra)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -190,6 +217,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     backend = _backends(args)[0]
     stem = safe_stem(args.name or f"{args.image.stem}_edit")
     record = run_edit(backend, req, args.out, stem, progress=not args.quiet)
+    if not args.quiet:
+        sys.stderr.write(describe_sizes(record) + "\n")
     print(args.out / record["output"])
     logger.info("settings: %s", args.out / f"{stem}.json")
     return 0

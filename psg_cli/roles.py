@@ -43,6 +43,15 @@ MASK_CHANNEL = "red"  # masks are stored as grey images: white (1) = region allo
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 TAESD_FOR_FAMILY = {"sd15": "taesd", "sd2": "taesd", "sdxl": "taesdxl", "sd3": "taesd3", "flux": "taef1"}
 """Guidance VAE (VAELoader name, files in models/vae_approx) the shipped workflows load per family."""
+WORKING_SIZE_BY_FAMILY = {
+    "SDXL": (("taesdxl", "sdxl", "sd_xl"), 1024),
+    "SD3": (("taesd3", "sd3"), 1024),
+    "Flux": (("taef1", "flux"), 1024),
+}
+"""Long side (px) the CLI scales a photo down to, by family, when the workflow does not resize it
+itself; a family is recognised by these name fragments in the workflow, checkpoint or guidance VAE."""
+DEFAULT_FAMILY = "SD1.x/SD2.x"
+DEFAULT_WORKING_SIZE = 512
 NO_GUIDANCE_VAE = "none"
 """``--guidance-vae none``: drop the guidance VAE loader; LPIPS then decodes through the full VAE."""
 TAESD_URL = "https://github.com/madebyollin/taesd"

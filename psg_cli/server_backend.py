@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import workflow
+from .connection import split_credentials
 from .edit import QUEUED_EVENT
 from .errors import CliError, EditTimeout, RetryableError, UnreachableError
 from .failures import execution_failed
@@ -29,16 +30,24 @@ def normalise_url(url: str) -> str:
     if "://" not in url:
         url = "http://" + url
     parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise CliError(f"--server '{url}': bad port; expected a URL like http://127.0.0.1:8188") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise CliError(f"--server '{url}': expected a URL like http://127.0.0.1:8188")
     return url
 
 
 class ServerBackend:
-    """One ComfyUI server. ``label`` names it in messages and results."""
+    """One ComfyUI server. ``label`` names it in messages and results (never with credentials);
+    ``headers`` (e.g. Authorization for a server behind a proxy) go on every HTTP request and on
+    the websocket handshake."""
 
-    def __init__(self, url: str, timeout: float = 3600.0, http_timeout: float = 60.0) -> None:
-        self.url = normalise_url(url)
+    def __init__(self, url: str, timeout: float = 3600.0, http_timeout: float = 60.0,
+                 headers: dict[str, str] | None = None) -> None:
+        self.url, from_url = split_credentials(normalise_url(url))
+        self.headers = {**from_url, **(headers or {})}
         self.label = self.url
         self.timeout = timeout
         self.http_timeout = http_timeout
@@ -49,7 +58,7 @@ class ServerBackend:
     # -- HTTP ---------------------------------------------------------------------------------
     def _request(self, path: str, data: bytes | None = None, headers: dict[str, str] | None = None,
                  ok_statuses: tuple[int, ...] = ()) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.url + path, data=data, headers=headers or {})
+        req = urllib.request.Request(self.url + path, data=data, headers={**self.headers, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=self.http_timeout) as resp:
                 return resp.status, resp.read()
@@ -57,6 +66,12 @@ class ServerBackend:
             body = err.read()
             if err.code in ok_statuses:
                 return err.code, body
+            if err.code in (401, 403):
+                raise CliError(
+                    f"ComfyUI at {self.url} answered {err.code} ({'unauthorised' if err.code == 401 else 'forbidden'})"
+                    f" to {path.split('?')[0]}: the server (or the proxy in front of it) wants credentials. "
+                    f"Pass --token TOKEN or --basic-auth USER:PASSWORD (or set PSG_TOKEN / PSG_BASIC_AUTH)."
+                    + (" The credentials given were refused." if "Authorization" in req.headers else "")) from None
             raise RetryableError(f"ComfyUI at {self.url} answered {err.code} to {path.split('?')[0]}: "
                                  f"{body[:300].decode(errors='replace')}") from None
         except (urllib.error.URLError, OSError) as err:
@@ -130,7 +145,7 @@ class ServerBackend:
     def _connect_ws(self) -> WebSocket | None:
         ws_url = "ws" + self.url[len("http"):] + f"/ws?clientId={self.client_id}"
         try:
-            return WebSocket(ws_url, timeout=self.http_timeout)
+            return WebSocket(ws_url, timeout=self.http_timeout, headers=self.headers)
         except (OSError, WebSocketClosed) as err:
             logger.warning("no websocket (%s): following the run by polling /history", err)
             return None

@@ -271,8 +271,12 @@ def describe_rejection(response: dict[str, Any], prompt: Prompt) -> str:
     for nid, info in (response.get("node_errors") or {}).items():
         for err in info.get("errors", []):
             detail = err.get("details") or ""
-            lines.append(f"  {describe_node(prompt, nid)}: {err.get('message', '?')}"
-                         + (f": {detail}" if detail else ""))
+            if err.get("type") == "custom_validation_failed" and " - " in detail:
+                # ComfyUI repeats a node's validate_inputs message once per input it checked
+                detail = detail.split(" - ", 1)[1]
+            line = f"  {describe_node(prompt, nid)}: {err.get('message', '?')}" + (f": {detail}" if detail else "")
+            if line not in lines:
+                lines.append(line)
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ class WebSocketClosed(ConnectionError):
 class WebSocket:
     """One client connection; :meth:`recv` returns ``(opcode, payload)`` or raises on timeout."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(url)
         secure = parts.scheme in ("wss", "https")
         host = parts.hostname or "127.0.0.1"
@@ -39,9 +39,10 @@ class WebSocket:
         self._fragment_op = OP_TEXT
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         )
         sock.sendall(request.encode())
         while b"\r\n\r\n" not in self._buf:

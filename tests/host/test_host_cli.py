@@ -188,11 +188,14 @@ def test_host_cli_error_bad_set_is_refused_before_queueing(comfy_server, files, 
 
 
 def test_host_cli_error_node_failure_names_the_node(comfy_server, files, tmp_path):
-    bad = tmp_path / "not_a_photo.png"
-    bad.write_text("this is not an image")
-    assert_error(run_cli("edit", bad, "--source", "a", "--target", "b", "--workflow", files["workflow"],
+    """A node ComfyUI refuses (a CLIP wired where the VAE belongs) is named by id and class; a node
+    failing at run time is named the same way (test_host_cli_client.py, too-small photo)."""
+    wf = img2img_workflow()
+    wf["5"]["inputs"]["vae"] = ["1", 1]  # a CLIP where the VAE belongs: the host refuses the link
+    path = write_json(tmp_path / "wf.json", wf)
+    assert_error(run_cli("edit", files["photo"], "--source", "a", "--target", "b", "--workflow", path,
                          "--server", comfy_server.url, "--out", tmp_path),
-                 "ComfyUI failed while running node 2 'Photo' (LoadImage)")
+                 "node 5 (VAEEncode)")
 
 
 def test_host_cli_error_in_process_bad_root(files, tmp_path):
