@@ -17,9 +17,9 @@ SCALE = 7.5
 REFERENCE_WORST_CALLS = 12  # 1 source + 10 Adam steps + 1 final, per step
 
 
-def scene(space: NoiseSpace, steps: int, seed: int, images: int = 1):
+def scene(space: NoiseSpace, steps: int, seed: int, images: int = 1, shape: tuple[int, ...] = (4, 8, 8)):
     """The benchmark's scene (benchmarks/null_text_table.py), small enough for a unit test."""
-    model = AnalyticMixture.random(k=3, dim=8, std=0.5, space=space, seed=seed)
+    model = AnalyticMixture.random(k=3, dim=8, std=0.5, space=space, seed=seed, shape=shape)
     source, edit = model.component_embedding(0), model.component_embedding(1)
     null = torch.zeros(1, model.dim, dtype=F64)
     x0 = model.sample(images, source, torch.Generator().manual_seed(seed + 1))
@@ -133,8 +133,8 @@ def test_one_null_per_image(space: NoiseSpace) -> None:
 
 
 def test_half_precision_model_output_still_converges() -> None:
-    """A model whose output (and so its backward) is float16: the null stays float64 here, the
-    gradient reaching it is not flushed to zero, and the drift is still closed."""
+    """A model whose output (and so its backward) is float16: the null is held in the working
+    precision (float64 here), not the model's, and the drift is still closed."""
     space = NoiseSpace.FLOW
     model, source, edit, null, x0, sigmas, traj = scene(space, 25, 0)
 
