@@ -97,7 +97,7 @@ class PSGEdit(io.ComfyNode):
             inv, _ = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=1.0, null=None, node=NODE)
             if text_optimisation != NO_OPTIMISATION:
                 inv = optimise_text(model, inv, source, null, mode=text_optimisation,
-                                    guidance_scale=w_source + w_edit, inner_steps=inner_steps, tolerance=1e-5,
+                                    guidance_scale=w_source + w_edit, inner_steps=inner_steps, tolerance=None,
                                     node=NODE)
             guider = make_guider(model, null, source, edit, w_source, w_edit, inv, node=NODE)
             sampler = make_sampler(vae, image, lpips, settings, mask, inv, guidance_vae, node=NODE)
