@@ -191,10 +191,11 @@ def _secant(denoise: Denoiser, traj: Trajectory, source: Tensor, current: Tensor
         unit = torch.full_like(x[:1], 1.0 - scale)
         sensitivity = float(ddim_step(torch.zeros_like(x[:1]), s, s_next, unit, space).mean())
         target_norm = _rows(target, target).sqrt().to(work).clamp_min(1e-30)
-        kept: list[_Evaluation] = []
+        kept: list[list[_Evaluation]] = [[] for _ in range(batch)]  # per image: its improving evaluations
         best: list[_Evaluation | None] = [None] * batch
         lengths: list[float | None] = [None] * batch
-        history: list[Tensor] = []
+        history: list[list[float]] = [[] for _ in range(batch)]
+        done = [False] * batch
         x0_source: Tensor | None = None
         trial, calls = current, 0
         while True:
@@ -208,24 +209,26 @@ def _secant(denoise: Denoiser, traj: Trajectory, source: Tensor, current: Tensor
             ev = _evaluate(leaf, x0_null, x0_source, x, s, s_next, target, scale, space, work)
             if callback is not None:
                 callback(j, traj.steps, x, cfg([ev.x0_null, x0_source], scale))
-            improved = [best[b] is None or bool(ev.error[b] <= best[b].error[b]) for b in range(batch)]
-            improved = [i and bool(torch.isfinite(ev.error[b])) for b, i in enumerate(improved)]
-            if all(improved):
-                kept = (kept + [ev])[-WINDOW:]
+            improved = [bool(torch.isfinite(ev.error[b])) and (best[b] is None or bool(ev.error[b] <= best[b].error[b]))
+                        for b in range(batch)]
             for b in range(batch):
                 if improved[b]:
                     best[b] = ev
-            best_error = torch.stack([best[b].error[b] for b in range(batch)])
-            history.append(best_error)
-            stalled = len(history) > STALL_SPAN and bool((history[-1] > (1.0 - STALL) * history[-1 - STALL_SPAN]).all())
-            if bool((best_error < tol * target_norm).all()) or calls >= max_calls or stalled:
+                    kept[b] = (kept[b] + [ev])[-WINDOW:]
+                if best[b] is None:
+                    raise ValueError("optimize_null_text: the denoiser returned non-finite values for the "
+                                     f"starting null at reverse step {j}")
+                history[b].append(float(best[b].error[b]))
+                stalled = len(history[b]) > STALL_SPAN and history[b][-1] > (1.0 - STALL) * history[b][-1 - STALL_SPAN]
+                done[b] = done[b] or stalled or history[b][-1] < tol * float(target_norm[b])
+            if all(done) or calls >= max_calls:
                 break
             rows = []
             for b in range(batch):
-                if best_error[b] < tol * target_norm[b]:
+                if done[b]:
                     rows.append(best[b].null[b])
                     continue
-                point, length = _next_trial(kept, best[b], b, improved[b], lengths[b], carried[b],
+                point, length = _next_trial(kept[b], best[b], b, improved[b], lengths[b], carried[b],
                                             sensitivity, float(radius[b]))
                 lengths[b] = length
                 carried[b] = length * sensitivity**2
