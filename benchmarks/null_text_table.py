@@ -6,7 +6,7 @@ near exact and what is left under CFG is drift), then sampling back under CFG 7.
 
     drift closed = (err_cfg - err_nulltext) / (err_cfg - err_unguided)      (1 = all of it)
 
-Run: .venv/bin/python benchmarks/null_text_table.py [--seeds 6]   (prints markdown tables)
+Run: .venv/bin/python benchmarks/null_text_table.py [--seeds 6] [--strength 3]   (prints markdown tables)
 """
 
 from __future__ import annotations
@@ -37,9 +37,13 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).flatten(1).mean(1).sqrt()
 
 
+STRENGTH = 3.0
+"""Prompt strength: the source embedding's mixture logits are +-STRENGTH (--strength)."""
+
+
 def scene(space: NoiseSpace, steps: int, seed: int, images: int = 1):
     model = AnalyticMixture.random(k=3, dim=8, std=0.5, space=space, seed=seed)
-    source, edit = model.component_embedding(0), model.component_embedding(1)
+    source, edit = model.component_embedding(0, STRENGTH), model.component_embedding(1, STRENGTH)
     null = torch.zeros(1, model.dim, dtype=F64)
     x0 = model.sample(images, source, torch.Generator().manual_seed(seed + 1))
     sigmas = inversion_sigmas(steps, space)
@@ -119,15 +123,20 @@ def batch_table(images: int = 4, steps: int = 50, seeds: int = 4) -> str:
 
 
 def main() -> None:
+    global STRENGTH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--strength", type=float, default=STRENGTH, help="prompt logits +-this (default 3)")
+    parser.add_argument("--no-batch", action="store_true", help="skip the batch table")
     args = parser.parse_args()
+    STRENGTH = args.strength
     torch.set_num_threads(1)
     print(drift_table(args.seeds))
-    print()
-    print("Batches (4 images, 50 steps, new default):")
-    print()
-    print(batch_table())
+    if not args.no_batch:
+        print()
+        print("Batches (4 images, 50 steps, new default):")
+        print()
+        print(batch_table())
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ SECANT_TOL = 1e-4
 REFERENCE_TOL = 1e-5
 """prompt-to-prompt's base early-stop threshold (DDPM-space MSE)."""
 STALL = 0.01
-"""The secant schedule also stops once ``STALL_SPAN`` evaluations cut the error by less than this fraction."""
-STALL_SPAN = 2
+"""The secant schedule also stops an image once an improving evaluation cuts its error by less
+than this fraction, or after ``FAILURES`` evaluations in a row that did not improve it."""
+FAILURES = 2
 WINDOW = 4
 """Evaluations the secant model is built from (older ones describe a region already left)."""
 BACKTRACK = 10.0
@@ -177,24 +178,20 @@ def _secant(denoise: Denoiser, traj: Trajectory, source: Tensor, current: Tensor
     residual as affine in the last ``WINDOW`` evaluated nulls (exact if the denoiser were linear in
     the null: the CFG step is affine in the null's prediction), move to that fit's minimiser and
     step along its interpolated gradient, with a Barzilai-Borwein length from the last two
-    evaluations (first trial: the previous step's length carried over, scaled by the step's
-    sensitivity; first ever: a Polyak step), shortened by ``BACKTRACK`` after a trial that did not
-    improve and capped at the distance between the source and the starting null."""
+    evaluations (first trial of a step: a Polyak length), shortened by ``BACKTRACK`` after a trial
+    that did not improve; every trial stays within the distance between the source and the
+    starting null of the best null so far (a trust region: a saturated null has no gradient left)."""
     space, x = traj.space, traj.noise
     batch, work = x.shape[0], current.dtype
     radius = (source.to(work) - current).flatten(1).norm(dim=1).expand(batch).clamp_min(1e-12)
-    carried: list[float | None] = [None] * batch  # trial length in x0 units (times sensitivity^2)
     nulls: list[Tensor] = []
     for j, s, s_next, target in _reverse_steps(traj):
         sig = sigma_batch(s, x)
-        # landing point = affine in the null prediction with this factor (the step's sensitivity)
-        unit = torch.full_like(x[:1], 1.0 - scale)
-        sensitivity = float(ddim_step(torch.zeros_like(x[:1]), s, s_next, unit, space).mean())
         target_norm = _rows(target, target).sqrt().to(work).clamp_min(1e-30)
         kept: list[list[_Evaluation]] = [[] for _ in range(batch)]  # per image: its improving evaluations
         best: list[_Evaluation | None] = [None] * batch
         lengths: list[float | None] = [None] * batch
-        history: list[list[float]] = [[] for _ in range(batch)]
+        failures = [0] * batch
         done = [False] * batch
         x0_source: Tensor | None = None
         trial, calls = current, 0
@@ -212,15 +209,17 @@ def _secant(denoise: Denoiser, traj: Trajectory, source: Tensor, current: Tensor
             improved = [bool(torch.isfinite(ev.error[b])) and (best[b] is None or bool(ev.error[b] <= best[b].error[b]))
                         for b in range(batch)]
             for b in range(batch):
+                previous = None if best[b] is None else float(best[b].error[b])
                 if improved[b]:
                     best[b] = ev
                     kept[b] = (kept[b] + [ev])[-WINDOW:]
                 if best[b] is None:
                     raise ValueError("optimize_null_text: the denoiser returned non-finite values for the "
                                      f"starting null at reverse step {j}")
-                history[b].append(float(best[b].error[b]))
-                stalled = len(history[b]) > STALL_SPAN and history[b][-1] > (1.0 - STALL) * history[b][-1 - STALL_SPAN]
-                done[b] = done[b] or stalled or history[b][-1] < tol * float(target_norm[b])
+                error = float(best[b].error[b])
+                failures[b] = 0 if improved[b] else failures[b] + 1
+                stalled = improved[b] and previous is not None and error > (1.0 - STALL) * previous
+                done[b] = done[b] or stalled or failures[b] >= FAILURES or error < tol * float(target_norm[b])
             if all(done) or calls >= max_calls:
                 break
             rows = []
@@ -228,10 +227,8 @@ def _secant(denoise: Denoiser, traj: Trajectory, source: Tensor, current: Tensor
                 if done[b]:
                     rows.append(best[b].null[b])
                     continue
-                point, length = _next_trial(kept[b], best[b], b, improved[b], lengths[b], carried[b],
-                                            sensitivity, float(radius[b]))
+                point, length = _next_trial(kept[b], best[b], b, improved[b], lengths[b], float(radius[b]))
                 lengths[b] = length
-                carried[b] = length * sensitivity**2
                 rows.append(point)
             trial = torch.stack(rows)
         current = torch.stack([best[b].null[b] for b in range(batch)])
@@ -261,7 +258,7 @@ def _evaluate(leaf: Tensor, x0_null: Tensor, x0_source: Tensor, x: Tensor, s: Te
 
 
 def _next_trial(kept: list[_Evaluation], best: _Evaluation, b: int, improved: bool, last: float | None,
-                carried: float | None, sensitivity: float, radius: float) -> tuple[Tensor, float]:
+                radius: float) -> tuple[Tensor, float]:
     """The next null to evaluate for image ``b`` and the step length used (see ``_secant``)."""
     anchor = best
     others = [e for e in kept if e is not anchor]
@@ -279,17 +276,15 @@ def _next_trial(kept: list[_Evaluation], best: _Evaluation, b: int, improved: bo
             curvature = float(step @ change)
             if curvature > 0:
                 length = float(step @ step) / curvature
-    if length is None:
-        if carried is not None:
-            length = carried / sensitivity**2
-        else:
-            length = 0.5 * float(r0 @ r0) / max(float(g0 @ g0), 1e-300)
+    if length is None:  # Polyak: the length that would remove the whole error if the model were linear
+        length = 0.5 * float(r0 @ r0) / max(float(g0 @ g0), 1e-300)
     if not improved and last is not None:
         length = last / BACKTRACK
-    norm = length * float(direction.norm())
-    if norm > radius:
-        length *= radius / norm
-    return (point - length * direction).reshape(best.null.shape[1:]), length
+    move = point - length * direction - e0
+    norm = float(move.norm())
+    if norm > radius:  # a trust region around the best null so far
+        move = move * (radius / norm)
+    return (e0 + move).reshape(best.null.shape[1:]), length
 
 
 def negative_prompt_nulls(traj: Trajectory, source: Tensor) -> list[Tensor]:
