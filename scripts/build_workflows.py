@@ -101,7 +101,7 @@ def one_node_edit(name: str, ckpt: str, steps: int, extra_note: str = "", family
  - w_edit: CFG strength of the edit (5-10). 0 reconstructs the photo.
  - w_source: weight of the source prompt (0 = plain CFG on the target; small negative values push away from the source).
  - text_optimisation: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast).
- - inner_steps: null-text iterations per step (10 in the paper, 3-5 faster).
+ - inner_steps: null-text: at most this many model calls per step (10; it usually stops after 2-3).
  - scale / start / end: LPIPS guidance strength (0 = off, 0.5-2 typical) and when it acts; higher keeps more of the photo.
  - guidance_vae (Guidance VAE, see its note) / guidance_resolution: what decodes the x0 estimates for LPIPS, at full, 1/2 or 1/4 size.
  - mask (optional input): white = region allowed to change; LPIPS keeps the rest close to the photo.
@@ -134,7 +134,7 @@ DDIM inversion -> null-text optimisation -> sample back with w_edit = 0 (only th
 Photo -> VAE Encode -> PSG DDIM Inversion (source prompt, steps, scheduler) -> PSG Text Guidance Optimisation (per-step null embeddings) -> PSG Triple-Prompt Guider (null / source / target) + PSG Perceptual Sampler (LPIPS to the photo) -> SamplerCustomAdvanced (noise disabled: it starts from the inverted noise) -> VAE Decode.
 Knobs:
 - steps / scheduler: identical in DDIM Inversion and BasicScheduler (denoise 1.0).
-- Text Guidance Optimisation: mode (null-text optimisation best / negative-prompt free / direct offsets fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (3-5 faster).
+- Text Guidance Optimisation: mode (null-text optimisation best / negative-prompt free / direct offsets fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (at most; usually 2-3 calls per step are used).
 - Guider: w_edit = edit strength (5-10; 0 reconstructs), w_source = weight of the source prompt (0 = plain CFG).
 - Perceptual Sampler: scale (0 = off, 0.5-2 typical), start / end window, every n-th step, gradient path x0 (fast) or through model (DPS); optional mask input (white = free to change); guidance_vae (Guidance VAE, see its note) and guidance_resolution choose what decodes the x0 estimates for LPIPS.
 Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow """ + name
