@@ -17,6 +17,7 @@ _EXPORTS = {
     "ddim_sample": "ddim",
     "TextGuidance": "guidance",
     "optimize_null_text": "null_text",
+    "NullTextSchedule": "null_text",
     "negative_prompt_nulls": "null_text",
     "direct_inversion_offsets": "null_text",
     "PerceptualGuidance": "perceptual",
