@@ -21,6 +21,7 @@ _EXPORTS = {
     "cfg": "guidance",
     "triple_combine": "guidance",
     "optimize_null_text": "null_text",
+    "NullTextSchedule": "null_text",
     "negative_prompt_nulls": "null_text",
     "direct_inversion_offsets": "null_text",
     "PerceptualGuidance": "perceptual",

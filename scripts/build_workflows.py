@@ -191,7 +191,7 @@ def _edit_note(name: str, family: Family) -> str:
  - w_edit: CFG strength of the edit ({family.w_edit} here). 0 reconstructs the photo.
  - w_source: weight of the source prompt (0 = plain CFG on the target; small negative values push away from the source).
  - text_optimisation: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast), none.
- - inner_steps: null-text iterations per step (10 in the paper, 3-5 faster).
+ - inner_steps: null-text: at most this many model calls per step (10; it usually stops after 2-3).
  - scale / start / end: LPIPS guidance strength (0 = off, 0.5-2 typical) and when it acts; higher keeps more of the photo.
  - guidance_vae (Guidance VAE, see its note) / guidance_resolution: what decodes the x0 estimates for LPIPS.
  PSG Edit remembers its inversion: after changing only scale / start / end / the mask / the Target prompt the next run goes straight to sampling; a new w_edit or w_source re-fits the null-text but keeps the inversion.
@@ -267,7 +267,7 @@ DDIM inversion -> null-text optimisation -> sample back with w_edit = 0 (only th
 Photo -> Fit to model -> VAE Encode -> PSG DDIM Inversion (source prompt, steps, scheduler) -> PSG Text Guidance Optimisation (per-step null embeddings) -> PSG Triple-Prompt Guider (null / source / target) + PSG Perceptual Sampler (LPIPS to the photo) -> SamplerCustomAdvanced (noise disabled: it starts from the inverted noise) -> VAE Decode -> Output size.
 Knobs:
 - steps / scheduler: identical in DDIM Inversion and BasicScheduler (denoise 1.0).
-- Text Guidance Optimisation: mode (null-text optimisation best / negative-prompt free / direct offsets fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (3-5 faster).
+- Text Guidance Optimisation: mode (null-text optimisation best / negative-prompt free / direct offsets fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (at most; usually 2-3 calls per step are used).
 - Guider: w_edit = edit strength (5-10; 0 reconstructs), w_source = weight of the source prompt (0 = plain CFG).
 - Perceptual Sampler: scale (0 = off, 0.5-2 typical), start / end window, every n-th step, gradient path x0 (fast) or through model (DPS); mask from Fit to model; guidance_vae (Guidance VAE, see its note) and guidance_resolution choose what decodes the x0 estimates for LPIPS.
 {photo}

@@ -8,7 +8,12 @@ from psg_testing.analytic import AnalyticMixture, inversion_sigmas
 
 from psg_core.ddim import ddim_invert, ddim_sample
 from psg_core.guidance import TextGuidance
-from psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text
+from psg_core.null_text import (
+    NullTextSchedule,
+    direct_inversion_offsets,
+    negative_prompt_nulls,
+    optimize_null_text,
+)
 from psg_core.spaces import NoiseSpace
 
 F64 = torch.float64
@@ -63,9 +68,13 @@ def test_null_text_warm_starts_stops_early_and_reports_progress() -> None:
     steps: list[int] = []
     model.calls = 0
     nulls = optimize_null_text(model, traj, source, null, guidance_scale=SCALE, inner_steps=10, tol=1e9,
-                               callback=lambda s, t, x, x0h: steps.append(s))
+                               callback=lambda s, t, x, x0h: steps.append(s), schedule=NullTextSchedule.REFERENCE)
     # tol huge: one inner step per reverse step; calls = source + 1 inner + final step, per step
     assert model.calls == 3 * traj.steps
+    model.calls = 0
+    optimize_null_text(model, traj, source, null, guidance_scale=SCALE, tol=1e9)
+    # secant, tol huge: the first call (null + source in one batch) is the whole step
+    assert model.calls == traj.steps
     assert sorted(set(steps)) == list(range(traj.steps))
     assert all(n.shape == null.shape for n in nulls)
     assert not any(n.requires_grad for n in nulls)
