@@ -16,6 +16,8 @@ from ..psg_core.sizing import MIN_SIDE, resize, working_size
 from . import host
 
 NODE = "PSG Fit Image"
+FIT_UI_KEY = "psg_fit"
+"""History key of the sizes PSG Fit Image reports (the photo's and the working size)."""
 
 
 class OutputSize(str, Enum):
@@ -96,7 +98,10 @@ class PSGFitImage(io.ComfyNode):
             as_b1hw = host.mask_to_b1hw(mask, int(mask.shape[-2]), int(mask.shape[-1]))
             fitted_mask = resize(as_b1hw, width, height)[:, 0]
         keep = OutputSize(output_size) is OutputSize.WORKING
-        return io.NodeOutput(fitted, fitted_mask, 0 if keep else photo_w, 0 if keep else photo_h)
+        # what was done, for the history: a headless client reports the size the model worked at
+        sizes = {"photo": f"{photo_w}x{photo_h}", "working": f"{width}x{height}"}
+        return io.NodeOutput(fitted, fitted_mask, 0 if keep else photo_w, 0 if keep else photo_h,
+                             ui={FIT_UI_KEY: [sizes]})
 
 
 NODES = [PSGFitImage]

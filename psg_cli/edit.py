@@ -113,7 +113,11 @@ def save_outputs(backend: Backend, prompt: workflow.Prompt, outputs: dict[str, A
     return files, extras
 
 
+WORKFLOW_SIZED = "workflow"
+"""``sizes.output_size`` when the workflow's own resize node decided the sizes."""
 FIT_IMAGE = "PSGFitImage"
+FIT_UI_KEY = "psg_fit"
+"""Where PSG Fit Image reports the photo's and the working size in a prompt's history."""
 FIT_OUTPUT_SIZE = {photo.OutputSize.ORIGINAL.value: "photo size", photo.OutputSize.WORKING.value: "working size"}
 """The client's --output-size as PSG Fit Image's output_size option."""
 
@@ -147,13 +151,15 @@ class PhotoSizing:
 
     prepared: photo.PreparedPhoto
     working_rule: str
+    by_workflow: bool
+    """The workflow sizes the photo (and the result) itself; the client only converted it."""
 
 
 def prepare_photo(req: EditRequest, prompt: workflow.Prompt, folder: Path) -> PhotoSizing:
     """The photo as one upright 8-bit RGB frame at the size the workflow needs, written in ``folder``
     (deterministic: a client collecting a prompt after a restart can redo it)."""
     max_side, working_rule = client_side_size(req, prompt)
-    return PhotoSizing(photo.prepare_photo(req.image, folder, max_side), working_rule)
+    return PhotoSizing(photo.prepare_photo(req.image, folder, max_side), working_rule, max_side is None)
 
 
 def _finish_outputs(out_dir: Path, files: list[str], prepared: photo.PreparedPhoto,
@@ -171,6 +177,9 @@ def describe_sizes(record: dict[str, Any]) -> str:
     """One line for the CLI's output: the photo's size, what the model worked at, what was saved."""
     sizes = record["sizes"]
     changes = f" ({'; '.join(sizes['photo_changes'])})" if sizes["photo_changes"] else ""
+    if sizes["output_size"] == WORKFLOW_SIZED:
+        worked = f"model worked at {sizes['working']} " if sizes["working"] else ""
+        return f"photo {sizes['photo']}{changes}; {worked}({sizes['working_rule']}); saved at {sizes['saved']}"
     return (f"photo {sizes['photo']}{changes}; model worked at {sizes['working']} ({sizes['working_rule']}); "
             f"saved at {sizes['saved']} (--output-size {sizes['output_size']})")
 
@@ -221,10 +230,16 @@ def finish_edit(backend: Backend, req: EditRequest, prompt: workflow.Prompt, app
     out_dir.mkdir(parents=True, exist_ok=True)
     files, extras = save_outputs(backend, prompt, outputs, out_dir, stem)
     edited_title = workflow.title_of(prompt, _edited_nodes(prompt, outputs)[0])
-    working = _finish_outputs(out_dir, files[edited_title], prepared, req.output_size)
+    if sizing.by_workflow:  # the workflow already saved the edit at the size it was asked for
+        output_size = WORKFLOW_SIZED
+        reported = [v[FIT_UI_KEY][0] for v in extras.values() if isinstance(v, dict) and v.get(FIT_UI_KEY)]
+        working = reported[0]["working"] if reported else None
+    else:
+        output_size = req.output_size
+        working = photo.size_text(_finish_outputs(out_dir, files[edited_title], prepared, req.output_size))
     sizes = {"photo": photo.size_text(prepared.photo_size), "photo_changes": prepared.changes,
-             "uploaded": photo.size_text(prepared.upload_size), "working": photo.size_text(working),
-             "working_rule": sizing.working_rule, "output_size": req.output_size,
+             "uploaded": photo.size_text(prepared.upload_size), "working": working,
+             "working_rule": sizing.working_rule, "output_size": output_size,
              "saved": photo.size_text(photo.image_size(out_dir / files[edited_title][0]))}
     record = {
         "image": str(req.image),

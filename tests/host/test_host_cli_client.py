@@ -113,8 +113,9 @@ def test_host_cli_client_main_job_edits_a_phone_photo_from_the_users_folder(comf
     assert proc.stdout.strip() == str(Path("edits") / "IMG_0001_edit.png")
     saved = user / "edits" / "IMG_0001_edit.png"
     assert Image.open(saved).size == (4032, 3024)
-    assert "photo 4032x3024 (scaled 4032x3024 -> 512x384); model worked at 512x384" in proc.stderr, proc.stderr
-    assert "saved at 4032x3024 (--output-size original)" in proc.stderr
+    # the shipped workflow sizes the photo itself (PSG Fit Image) and says so in its history
+    assert "photo 4032x3024; model worked at 512x384 (resized in the workflow by" in proc.stderr, proc.stderr
+    assert "'Fit to model' (PSGFitImage)); saved at 4032x3024" in proc.stderr
     record = json.loads((user / "edits" / "IMG_0001_edit.json").read_text())
     assert record["sizes"]["working"] == "512x384" and record["backend"] == comfy_server.url
     assert not (REPO / "edits").exists(), "the output landed inside the pack"
@@ -213,19 +214,30 @@ def test_host_cli_client_readme_batch_example_runs_on_the_shipped_dataset(comfy_
 # --------------------------------------------------------------------------- bad photos
 
 
-@pytest.mark.parametrize("size", [(8, 8), (256, 8)])
-def test_host_cli_client_too_small_photo_is_refused_by_the_node_with_the_fix(size, comfy_server, server_models,
-                                                                             tmp_path):
-    photo = tmp_path / "tiny.png"
+def _edit_tiny(size: tuple[int, int], comfy_server, tmp_path) -> subprocess.CompletedProcess:
+    photo = tmp_path / f"tiny_{size[0]}x{size[1]}.png"
     Image.new("RGB", size, (10, 200, 10)).save(photo)
-    proc = subprocess.run([sys.executable, str(REPO / "psg_cli"), "edit", str(photo), "--source", "a", "--target",
-                           "b", "--workflow", str(tiny_edit_workflow(tmp_path)), "--out", str(tmp_path),
+    return subprocess.run([sys.executable, str(REPO / "psg_cli"), "edit", str(photo), "--source", "a", "--target",
+                           "b", "--workflow", str(tiny_edit_workflow(tmp_path)), "--out", str(tmp_path / "out"),
                            "--server", comfy_server.url], cwd=tmp_path, env=cli_env(), capture_output=True,
                           text=True, timeout=CLI_TIMEOUT_S)
+
+
+def test_host_cli_client_tiny_photo_is_brought_to_working_size_and_back(comfy_server, server_models, tmp_path):
+    """8x8: PSG Fit Image enlarges it to the working size; the edit comes back at 8x8."""
+    proc = _edit_tiny((8, 8), comfy_server, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "photo 8x8; model worked at 512x512" in proc.stderr and "saved at 8x8" in proc.stderr, proc.stderr
+    assert Image.open(tmp_path / "out" / "tiny_8x8_edit.png").size == (8, 8)
+
+
+def test_host_cli_client_sliver_photo_is_refused_by_the_node_with_the_fix(comfy_server, server_models, tmp_path):
+    """256x8 has no sensible working size: one message naming the node and the fix, no torch trace."""
+    proc = _edit_tiny((256, 8), comfy_server, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     message = proc.stderr[proc.stderr.index("psg: error:"):]
-    assert "'PSG Edit' (PSGEdit)" in message and f"the image is {size[0]}x{size[1]}" in message, message
-    assert "at least 32 px" in message and "Upscale Image" in message
+    assert "'Fit to model' (PSGFitImage)" in message and "the photo is 256x8" in message, message
+    assert "Crop it" in message and "raise long_side" in message
     assert "Output size is too small" not in message
 
 

@@ -101,12 +101,12 @@ class Edit:
         return run, decode
 
     def one_node(self, *, w_source=0.0, w_edit=3.0, text="null-text optimisation", scale=1.0, steps=STEPS,
-                 inner_steps=2, seed=0):
+                 inner_steps=2):
         return self.g.node(
             "PSGEdit", model=self.ck.out(0), vae=self.ck.out(2), image=self.image.out(0), null=self.null.out(0),
             source=self.source.out(0), edit=self.edit.out(0), lpips=self.lpips.out(0), steps=steps,
             scheduler="simple", w_source=w_source, w_edit=w_edit, text_optimisation=text, inner_steps=inner_steps,
-            scale=scale, start=0.0, end=1.0, seed=seed,
+            scale=scale, start=0.0, end=1.0,
         )
 
     def prompt(self) -> dict:
@@ -154,6 +154,20 @@ def test_host_nodes_full_pipeline_and_one_node_edit(comfy_host, tiny_models, pho
     # progress reached the UI for every phase
     for node in (inv.id, opt.id, run.id, edit.id):
         assert result.progress(node), f"no progress from node {node}"
+
+
+def test_host_nodes_edit_fed_a_tiny_photo_directly_refuses_it_with_the_fix(comfy_host, lpips_folder):
+    """Without PSG Fit Image in front, PSG Edit itself refuses an 8x8 photo naming the fix, instead of
+    torch's 'Output size is too small' from deep inside LPIPS."""
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(comfy_host.base_dir / "input" / "psg_tiny_8.png")
+    e = Edit("sd15", "psg_tiny_8.png")
+    edit = e.one_node()
+    with pytest.raises(PromptExecutionError) as caught:
+        comfy_host.run(e.prompt(), outputs=[edit.id])
+    message = caught.value.exception_message
+    assert caught.value.node_type == "PSGEdit", caught.value
+    assert "the image is 8x8" in message and "at least 32 px" in message and "Upscale Image" in message, message
+    assert "Output size is too small" not in message
 
 
 def test_host_nodes_text_modes_and_offsets_reconstruct(comfy_host, photo, lpips_folder):
@@ -244,7 +258,7 @@ def test_host_nodes_interrupt_stops_within_one_step(comfy_host, photo, lpips_fol
 
 def test_host_nodes_one_node_edit_is_deterministic(comfy_host, photo, lpips_folder):
     e = Edit("sd15", photo)
-    edit = e.one_node(seed=3)
+    edit = e.one_node()
     prompt = e.prompt()
     first = comfy_host.run(prompt, outputs=[edit.id])
     again = comfy_host.run(prompt, outputs=[edit.id])
@@ -252,7 +266,7 @@ def test_host_nodes_one_node_edit_is_deterministic(comfy_host, photo, lpips_fold
     assert first.output_list(edit.id, 2) == again.output_list(edit.id, 2)
     # and the edit did something: the edit prompt changes the result vs reconstruction
     e2 = Edit("sd15", photo)
-    rebuild = e2.one_node(w_source=3.0, w_edit=0.0, seed=3)
+    rebuild = e2.one_node(w_source=3.0, w_edit=0.0)
     other = comfy_host.run(e2.prompt(), outputs=[rebuild.id])
     assert not torch.equal(first.output(edit.id, 1)["samples"], other.output(rebuild.id, 1)["samples"])
 
@@ -335,7 +349,7 @@ def test_host_nodes_gradients_work_with_inference_mode_weights(comfy_host, photo
         for name, text in (("null", ""), ("source", "a photo of a cat"), ("edit", "a photo of a tiger")):
             conds[name] = fresh.clip.encode_from_tokens_scheduled(fresh.clip.tokenize(text))
         args = dict(image=image, lpips=lpips, steps=3, scheduler="simple", w_source=0.0, w_edit=3.0,
-                    text_optimisation="null-text optimisation", inner_steps=2, scale=1.0, start=0.0, end=1.0, seed=0,
+                    text_optimisation="null-text optimisation", inner_steps=2, scale=1.0, start=0.0, end=1.0,
                     **conds)
         out = edit_node.execute(model=fresh.model, vae=fresh.vae, **args)
         ref = tiny_models("sd15", seed=0)
