@@ -125,7 +125,8 @@ def test_host_pie_bench_on_ray_actors_writes_the_same_edits(bench):
     runner = runner[:runner.index("--methods")]
     ok(run(*runner, "--methods", "ddim-cfg", "--ray", "--ray-actors", "1", "--ray-gpus-per-actor", "0"))
     results = json.loads((out / "ddim-cfg" / "psg_batch" / "results.json").read_text())
-    assert results["summary"]["ok"] == 3 and {r["backend"] for r in results["items"]} == {"ray actor 0"}
+    assert results["summary"]["ok"] == 3
+    assert all(r["backend"].startswith("ray actor 0") for r in results["items"]), results["items"]
     for it in pie.load_mapping(bench["data"]):
         assert np.array_equal(pie.read_rgb(pie.edited_path(out, "ddim-cfg", it)),
                               pie.read_rgb(pie.edited_path(bench["output"], "ddim-cfg", it))), it.key
