@@ -1,8 +1,9 @@
 """Run editing methods over PIE-Bench and write outputs where PnPInversion's evaluation reads them.
 
 For every selected PIE-Bench image and method, the shipped ``psg_edit`` workflow (or
-``--workflow``) runs through the CLI's backends (``--server URL`` once or several times, e.g.
-one ComfyUI per GPU, or ``--comfy-root`` in-process) and the edit is written to
+``--workflow``) runs through ``edit-batch``'s engine and workers (``--server URL`` once or several
+times, e.g. one ComfyUI per GPU; ``--comfy-root`` in-process; ``--ray [ADDRESS|auto]`` with
+``--comfy-root``: Ray actors across a cluster) and the edit is written to
 
     OUT/<method>/annotation_images/<image_path>
 
@@ -16,8 +17,9 @@ one ComfyUI per GPU, or ``--comfy-root`` in-process) and the edit is written to
     +psg-mask         ... with PIE-Bench's mask given to it (1 = edited, free to change)
 
 without a suffix the perceptual guidance is off (scale 0). Rerun the same command to resume:
-finished edits are kept (``OUT/<method>/psg_batch/results.json`` holds their records and
-timings; ``--rerun`` redoes everything). Score with ``python -m psg_eval --data DATA --output OUT``.
+edits the journal ``OUT/<method>/psg_batch/journal.jsonl`` holds with the same settings are
+kept, changed settings redo them (``results.json`` next to it holds the records and timings;
+``--rerun`` redoes everything). Score with ``python -m psg_eval --data DATA --output OUT``.
 
 SD1.5 on a GPU server (see docs/evaluation.md):
     .venv/bin/python benchmarks/pie_bench.py --data PIE-Bench/data --out output \\
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import os
 import sys
@@ -44,11 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from psg_cli import workflow  # noqa: E402
-from psg_cli.batch import BatchRun, preflight  # noqa: E402
+from psg_cli.batch import BatchRun, Worker  # noqa: E402
 from psg_cli.dataset import BatchItem  # noqa: E402
 from psg_cli.edit import EditRequest  # noqa: E402
-from psg_cli.errors import CliError, UnreachableError  # noqa: E402
-from psg_cli.main import _add_common, _backends  # noqa: E402
+from psg_cli.errors import CliError  # noqa: E402
+from psg_cli.journal import latest_by_item  # noqa: E402
+from psg_cli.main import _add_common, add_ray, close_workers, workers  # noqa: E402
 from psg_eval import pie_bench as pie  # noqa: E402
 
 logger = logging.getLogger("pie_bench")
@@ -57,6 +59,7 @@ TEXT_GUIDANCE = {"ddim-cfg": "none", "null-text": "null-text optimisation", "neg
                  "direct-offsets": "direct offsets"}
 PERCEPTUAL = {"": (False, False), "+psg": (True, False), "+psg-mask": (True, True)}
 ALL_METHODS = [f"{t}{p}" for t in TEXT_GUIDANCE for p in PERCEPTUAL]
+JOURNAL = "journal.jsonl"
 
 
 @dataclass(frozen=True)
@@ -119,47 +122,28 @@ def write_layout(edit_png: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-class PieBatchRun(BatchRun):
-    """``edit-batch``'s run (work sharing, retries, resume) that also writes PnPInversion's layout."""
-
-    def __init__(self, *args: Any, layout: dict[str, Path], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.layout = layout
-
-    def _finish(self, item_id: str, update: dict[str, Any]) -> None:
-        if update.get("status") == "ok":
-            write_layout(self.base / update["output"], self.layout[item_id])
-        super()._finish(item_id, update)
-
-    def export_missing(self) -> int:
-        """Layout files for finished records whose file is absent (e.g. a run killed between the two)."""
-        n = 0
-        for item_id, rec in self.records.items():
-            if rec.get("status") == "ok" and not self.layout[item_id].is_file():
-                write_layout(self.base / rec["output"], self.layout[item_id])
-                n += 1
-        return n
-
-
-def previous_ok(results_path: Path) -> set[str]:
-    if not results_path.is_file():
-        return set()
-    try:
-        records = json.loads(results_path.read_text(encoding="utf-8")).get("items", [])
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return set()
-    return {str(r.get("id")) for r in records if isinstance(r, dict) and r.get("status") == "ok"}
+def export_missing(records: dict[str, dict[str, Any]], out_dir: Path, layout: dict[str, Path]) -> int:
+    """Layout files for finished records whose file is absent (e.g. deleted after the run)."""
+    n = 0
+    for item_id, rec in records.items():
+        if rec.get("status") == "ok" and not layout[item_id].is_file():
+            write_layout(out_dir / rec["output"], layout[item_id])
+            n += 1
+    return n
 
 
 def run_method(method: Method, args: argparse.Namespace, items: list[pie.PieItem],
-               inputs: dict[str, tuple[Path, Path]], backends: list) -> dict[str, Any]:
-    folder = pie.method_dir(args.out, method.name)
-    results_path = folder / pie.RUN_RECORD
-    if args.rerun and results_path.is_file():
-        results_path.unlink()
-    done_before = previous_ok(results_path)
+               inputs: dict[str, tuple[Path, Path]], batch_workers: list[Worker]) -> dict[str, Any]:
+    results_path = pie.method_dir(args.out, method.name) / pie.RUN_RECORD
+    out_dir = results_path.parent
+    journal_path = out_dir / JOURNAL
+    if args.rerun:
+        for path in (results_path, journal_path):
+            path.unlink(missing_ok=True)
     layout = {it.key: pie.edited_path(args.out, method.name, it) for it in items}
-    foreign = [it.key for it in items if it.key not in done_before and layout[it.key].is_file() and not args.rerun]
+    journaled = set(latest_by_item(journal_path))
+    foreign = [it.key for it in items
+               if it.key not in journaled and layout[it.key].is_file() and not args.rerun]
     if foreign:
         logger.warning("%s: %d edit(s) already in the layout without a run record: kept, not redone",
                        method.name, len(foreign))
@@ -167,32 +151,21 @@ def run_method(method: Method, args: argparse.Namespace, items: list[pie.PieItem
         BatchItem(id=it.key, type=it.editing_type, raw_image=it.image_path,
                   request=EditRequest(image=inputs[it.key][0], source=pie.strip_brackets(it.source_prompt),
                                       target=pie.strip_brackets(it.target_prompt),
-                                      mask=inputs[it.key][1] if method.masked else None,
-                                      guidance_vae=args.guidance_vae))
+                                      mask=inputs[it.key][1] if method.masked else None))
         for it in items if it.key not in foreign]
     sets = [*method.sets(args.psg_scale), *([f"{EDIT_NODE}.steps={args.steps}"] if args.steps else []), *args.sets]
-    template = workflow.load_workflow(args.workflow)
     request = EditRequest(image=Path(), source="", target="", ckpt=args.ckpt, seed=args.seed,
                           guidance_vae=args.guidance_vae, sets=sets, workflow=args.workflow)
-    live = []
-    for backend in backends:
-        try:
-            preflight(backend, template, request)
-            live.append(backend)
-        except UnreachableError as err:
-            sys.stderr.write(f"pie_bench: warning: {err} Continuing without it.\n")
-    if not live:
-        raise CliError("no reachable ComfyUI backend")
-    settings = {"method": method.name, "workflow": args.workflow, "ckpt": args.ckpt, "guidance_vae": args.guidance_vae,
-                "seed": args.seed, "sets": sets, "size": args.size, "servers": [b.label for b in live]}
-    run = PieBatchRun(batch_items, folder / pie.RUN_RECORD.parent, results_path, args.data / pie.MAPPING_FILE,
-                      template, args.retries, settings, stream=sys.stderr if not args.quiet else io.StringIO(),
-                      layout=layout)
-    run.load_previous()
-    if run.skipped:
-        sys.stderr.write(f"{method.name}: resuming, {run.skipped} edit(s) already done\n")
-    summary = run.run(live, request)["summary"]
-    run.export_missing()
+    settings = {"method": method.name, "workflow": args.workflow, "ckpt": args.ckpt,
+                "guidance_vae": args.guidance_vae, "seed": args.seed, "sets": sets, "size": args.size,
+                "retries": args.retries, "workers": [w.label for w in batch_workers]}
+    template = workflow.load_workflow(args.workflow)
+    run = BatchRun(batch_items, out_dir, results_path, args.data / pie.MAPPING_FILE, template, request, settings,
+                   retries=args.retries, journal_path=journal_path,
+                   stream=io.StringIO() if args.quiet else sys.stderr,
+                   on_done=lambda item_id, output: write_layout(output, layout[item_id]))
+    summary = run.run(batch_workers)["summary"]
+    export_missing(run.records, out_dir, layout)
     return {**summary, "kept": len(foreign), "skipped": run.skipped}
 
 
@@ -206,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the workflow's, 50)")
     parser.add_argument("--psg-scale", type=float, help="perceptual guidance scale for +psg methods (default: the workflow's)")
     parser.add_argument("--size", type=int, default=pie.PIE_SIZE, help="edit at N x N, result scaled to 512 (quick checks)")
-    parser.add_argument("--retries", type=int, default=1, help="extra attempts per failed edit")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="extra attempts per edit after a transient failure (out of memory, lost connection)")
     parser.add_argument("--rerun", action="store_true", help="redo every edit, even finished ones")
+    add_ray(parser)
     _add_common(parser, many_servers=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -222,11 +197,17 @@ def main(argv: list[str] | None = None) -> int:
         workflow.load_workflow(args.workflow)
         items = pie.load_mapping(args.data, args.types)[: args.limit]
         inputs = prepare_inputs(args.data, items, args.size, args.out / "_inputs")
-        backends = _backends(args)
-        totals = {m.name: run_method(m, args, items, inputs, backends) for m in methods}
+        batch_workers = workers(args)
+        try:
+            totals = {m.name: run_method(m, args, items, inputs, batch_workers) for m in methods}
+        finally:
+            close_workers(batch_workers)
     except (CliError, FileNotFoundError, ValueError) as err:
         sys.stderr.write(f"pie_bench: error: {err}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("pie_bench: interrupted (rerun the same command to resume)\n")
+        return 130
     failed = 0
     for name, s in totals.items():
         failed += s["failed"]

@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -191,7 +192,10 @@ class BatchRun:
                  template: dict[str, Any], request: EditRequest, settings: dict[str, Any], *,
                  retries: int = 1, journal_path: Path | None = None, backoff_s: float = 1.0,
                  recheck_s: float = 10.0, grace_s: float = 600.0, stream: TextIO | None = None,
-                 journal_fsync: bool = True) -> None:
+                 journal_fsync: bool = True, on_done: Callable[[str, Path], None] | None = None) -> None:
+        """``on_done(item_id, output_file)`` runs after each successful edit, before the journal
+        records it ok (e.g. to copy the result into another layout); an exception from it fails
+        the attempt like an edit error would."""
         self.items = {it.id: it for it in items}
         self.order = [it.id for it in items]
         self.out_dir = out_dir
@@ -206,6 +210,7 @@ class BatchRun:
         self.stream = stream or sys.stderr
         self.journal_path = journal_path or out_dir / "journal.jsonl"
         self.journal_fsync = journal_fsync
+        self.on_done = on_done
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.tasks: list[Task] = []
@@ -405,6 +410,8 @@ class BatchRun:
                         self.collected += 1
             if rec is None:
                 rec = worker.edit(req, self.out_dir, stem, self.template, on_queued)
+            if self.on_done is not None:
+                self.on_done(task.item_id, self.out_dir / rec["output"])
         except Exception as err:  # every failure is classified; nothing escapes the thread
             kind = classify(err)
             message = str(err) or type(err).__name__

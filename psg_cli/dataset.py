@@ -24,7 +24,6 @@ SOURCE_KEYS = ("source", "source_prompt", "original_prompt")
 TARGET_KEYS = ("target", "target_prompt", "editing_prompt")
 TYPE_KEYS = ("type", "edit_type", "editing_type_id")
 _LOADER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\(\)(?:\[(\d+)\])?$")
-PIE_MASK_SIZE = 512
 
 
 @dataclass
@@ -81,13 +80,14 @@ def _skimage_image(name: str, loader: str | None, dest: Path) -> Path | None:
 
 
 def _pie_mask(rle: list[int], dest: Path) -> Path:
-    """PIE-Bench masks: (start, length) runs over a flattened 512x512 grid, 1 = edited."""
+    """A PIE-Bench RLE mask as a PNG (white = edited), decoded as PnPInversion decodes it, border
+    included: one decoder for the runner, the evaluator and this CLI (``psg_eval.pie_bench``,
+    which needs only numpy and Pillow; imported here only for datasets that carry RLE masks)."""
     from PIL import Image
 
-    flat = bytearray(PIE_MASK_SIZE * PIE_MASK_SIZE)
-    for start, length in zip(rle[0::2], rle[1::2], strict=False):
-        flat[start:start + length] = b"\xff" * len(flat[start:start + length])
-    Image.frombytes("L", (PIE_MASK_SIZE, PIE_MASK_SIZE), bytes(flat)).save(dest)
+    from psg_eval.pie_bench import decode_mask
+
+    Image.fromarray((decode_mask(rle) * 255).astype("uint8")).save(dest)
     return dest
 
 
@@ -124,7 +124,10 @@ def load_dataset(path: Path, inputs_dir: Path, image_root: Path | None = None) -
         mask_path = None
         if isinstance(mask, list):
             inputs_dir.mkdir(parents=True, exist_ok=True)
-            mask_path = _pie_mask([int(v) for v in mask], inputs_dir / f"{safe_stem(item_id)}_mask.png")
+            try:
+                mask_path = _pie_mask([int(v) for v in mask], inputs_dir / f"{safe_stem(item_id)}_mask.png")
+            except ValueError as err:
+                raise CliError(f"{where}: {err}") from None
         elif isinstance(mask, str) and mask:
             mask_path = Path(mask).expanduser()
             mask_path = mask_path if mask_path.is_absolute() else root / mask_path

@@ -97,6 +97,21 @@ def _add_common(p: argparse.ArgumentParser, many_servers: bool) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log details (and ComfyUI's log in-process)")
 
 
+def add_ray(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]`` and the actor sizes (read by :func:`workers`)."""
+    ray = p.add_argument_group("Ray cluster (pip install ray; needs --comfy-root, a path on every node)")
+    ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run the batch on Ray actors, each owning one in-process ComfyUI: no value = "
+                          "RAY_ADDRESS or a local Ray, 'auto' = the cluster this machine belongs to, or "
+                          "ray://HOST:10001")
+    ray.add_argument("--ray-actors", type=int, metavar="N",
+                     help="number of actors (default: one per GPU of the cluster, else one per CPU slot)")
+    ray.add_argument("--ray-gpus-per-actor", type=float, metavar="G",
+                     help="GPUs each actor reserves (default 1 on a cluster with GPUs, else 0)")
+    ray.add_argument("--ray-cpus-per-actor", type=float, default=1.0, metavar="C",
+                     help="CPUs each actor reserves (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m psg_cli",
@@ -140,17 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--journal", type=Path, metavar="FILE",
                    help="append-only journal of every item's state (default OUT/journal.jsonl); a rerun "
                         "skips items whose result would be identical and collects prompts still queued")
-    ray = b.add_argument_group("Ray cluster (pip install ray; needs --comfy-root, a path on every node)")
-    ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                     help="run the batch on Ray actors, each owning one in-process ComfyUI: no value = "
-                          "RAY_ADDRESS or a local Ray, 'auto' = the cluster this machine belongs to, or "
-                          "ray://HOST:10001")
-    ray.add_argument("--ray-actors", type=int, metavar="N",
-                     help="number of actors (default: one per GPU of the cluster, else one per CPU slot)")
-    ray.add_argument("--ray-gpus-per-actor", type=float, metavar="G",
-                     help="GPUs each actor reserves (default 1 on a cluster with GPUs, else 0)")
-    ray.add_argument("--ray-cpus-per-actor", type=float, default=1.0, metavar="C",
-                     help="CPUs each actor reserves (default 1)")
+    add_ray(b)
     _add_common(b, many_servers=True)
 
     sub.add_parser("workflows", help="list the shipped API workflows")
@@ -224,7 +229,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _workers(args: argparse.Namespace, template: workflow.Prompt) -> list[Worker]:
+def workers(args: argparse.Namespace) -> list[Worker]:
+    """The batch's workers: one per --server, the in-process executor, or --ray actors."""
     if args.ray is None:
         if args.ray_actors or args.ray_gpus_per_actor is not None:
             raise CliError("--ray-actors and --ray-gpus-per-actor only apply with --ray")
@@ -245,6 +251,14 @@ def _workers(args: argparse.Namespace, template: workflow.Prompt) -> list[Worker
         timeout=args.timeout))
 
 
+def close_workers(batch_workers: list[Worker]) -> None:
+    """Release what the workers hold (Ray actors); servers and the in-process executor hold nothing."""
+    for worker in batch_workers:
+        close = getattr(worker, "close", None)
+        if close is not None:
+            close()
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     _apply_p2p(args)
     template = workflow.load_workflow(args.workflow)
@@ -259,20 +273,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if not items:
             raise CliError(f"--shard {index}/{count}: the dataset has fewer than {index} items")
     req = _request(args, image=Path(), source="", target="")
-    workers = _workers(args, template)
+    batch_workers = workers(args)
     settings = {"workflow": args.workflow, "ckpt": args.ckpt, "guidance_vae": args.guidance_vae, "seed": args.seed,
-                "sets": args.sets, "retries": args.retries, "workers": [w.label for w in workers],
+                "sets": args.sets, "retries": args.retries, "workers": [w.label for w in batch_workers],
                 "shard": list(args.shard) if args.shard else None}
     run = BatchRun(items, out, results, args.dataset, template, req, settings, retries=args.retries,
                    journal_path=journal, backoff_s=args.backoff, recheck_s=args.recheck,
                    grace_s=args.give_up_after, stream=sys.stderr if not args.quiet else io.StringIO())
     try:
-        summary = run.run(workers)["summary"]
+        summary = run.run(batch_workers)["summary"]
     finally:
-        for worker in workers:
-            close = getattr(worker, "close", None)
-            if close is not None:
-                close()
+        close_workers(batch_workers)
     print(results)
     sys.stderr.write(f"{summary['ok']} ok, {summary['failed']} failed of {summary['total']} "
                      f"({run.skipped} already done) -> {results}\n")

@@ -150,7 +150,15 @@ def test_core_cli_dataset_formats(tmp_path):
     assert (item.id, item.type, item.request.source, item.request.target) == ("000", "1", "a cat sitting",
                                                                               "a tiger sitting")
     mask = np.asarray(Image.open(item.request.mask))
-    assert mask.shape == (512, 512) and mask[10:12].min() == 255 and mask.sum() == 255 * 512 * 2
+    assert mask.shape == (512, 512) and mask[10:12].min() == 255
+    # PIE-Bench's border rule: first/last rows and columns count as edited (rows 10-11 already hold 4 of them)
+    assert mask[[0, -1]].min() == 255 and mask[:, [0, -1]].min() == 255
+    assert mask.sum() == 255 * (512 * 2 + (4 * 512 - 4) - 4)
+
+    pie.write_text(json.dumps({"000": {"image_path": "a.png", "original_prompt": "a", "editing_prompt": "b",
+                                       "mask": [512 * 10]}}))
+    with pytest.raises(CliError, match="record '000'.*start, length"):
+        dataset.load_dataset(pie, tmp_path / "in")
 
     for bad, message in (([{"id": "y"}], "needs image, source and target"),
                          ([{"id": "y", "image": "nope.png", "source": "s", "target": "t"}], "image not found"),

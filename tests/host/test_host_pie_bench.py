@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import subprocess
 import sys
@@ -85,11 +86,26 @@ def test_host_pie_bench_methods_reach_the_workflow(bench):
             edit = next(n for n in settings["prompt"].values() if n["class_type"] == "PSGEdit")
             assert edit["inputs"]["text_optimisation"] == mode and edit["inputs"]["scale"] == scale
             assert edit["inputs"]["steps"] == 2
-            assert ("mask" in edit["inputs"]) == masked, method
+            mask_loader = mask_source(settings["prompt"], edit)
+            assert mask_loader["class_type"] == ("LoadImageMask" if masked else "LoadImage"), method
+            if masked:  # PIE-Bench's mask as uploaded (content-named), not the photo's own (empty) mask
+                assert Path(settings["mask"]).name == f"{rec['id']}_64_mask.png"
+                digest = hashlib.sha256(Path(settings["mask"]).read_bytes()).hexdigest()[:16]
+                assert mask_loader["inputs"]["image"] == f"psg_{digest}.png"
+            else:
+                assert settings["mask"] is None
             assert "[" not in settings["target"] and "]" not in settings["target"]
     a = pie.read_rgb(bench["output"] / "ddim-cfg" / "annotation_images" / "0_random_140" / "000000000001.jpg")
     b = pie.read_rgb(bench["output"] / "direct-offsets+psg" / "annotation_images" / "0_random_140" / "000000000001.jpg")
     assert np.abs(a.astype(int) - b).mean() > 1.0  # different methods, different edits
+
+
+def mask_source(prompt: dict, edit: dict) -> dict:
+    """The loader PSG Edit's mask comes from, through PSG Fit Image (which resizes it)."""
+    node = prompt[edit["inputs"]["mask"][0]]
+    while node["class_type"] == "PSGFitImage":
+        node = prompt[node["inputs"]["mask"][0]]
+    return node
 
 
 def test_host_pie_bench_resumes_without_redoing(bench):
@@ -98,6 +114,22 @@ def test_host_pie_bench_resumes_without_redoing(bench):
     for method in METHODS:
         assert f"{method}: 3 ok, 0 failed of 3 (3 resumed, 0 kept)" in second.stdout, second.stdout
     assert {p: p.stat().st_mtime_ns for p in files} == files
+
+
+def test_host_pie_bench_on_ray_actors_writes_the_same_edits(bench):
+    """``--ray`` (a local Ray the runner starts, one CPU actor owning an in-process ComfyUI):
+    the same layout, pixel for pixel, as the in-process run with the same settings."""
+    out = bench["root"] / "ray_output"
+    runner = list(bench["runner"])
+    runner[runner.index("--out") + 1] = out
+    runner = runner[:runner.index("--methods")]
+    ok(run(*runner, "--methods", "ddim-cfg", "--ray", "--ray-actors", "1", "--ray-gpus-per-actor", "0"))
+    results = json.loads((out / "ddim-cfg" / "psg_batch" / "results.json").read_text())
+    assert results["summary"]["ok"] == 3
+    assert all(r["backend"].startswith("ray actor 0") for r in results["items"]), results["items"]
+    for it in pie.load_mapping(bench["data"]):
+        assert np.array_equal(pie.read_rgb(pie.edited_path(out, "ddim-cfg", it)),
+                              pie.read_rgb(pie.edited_path(bench["output"], "ddim-cfg", it))), it.key
 
 
 @functools.cache
