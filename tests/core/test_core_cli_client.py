@@ -36,13 +36,14 @@ def _baseline(tmp_path: Path) -> set[str]:
 
 
 def test_core_cli_client_imports_only_stdlib_pillow_numpy(tmp_path):
-    """Every client module, the photo conversions and the CLI's own commands run in a Python that
-    can import nothing but the standard library, Pillow and numpy."""
+    """Every client module (but the Ray engine, the optional extra behind --ray), the photo
+    conversions and the CLI's own commands run in a Python that can import nothing but the
+    standard library, Pillow and numpy."""
     code = f"""
 import sys, pkgutil, importlib
 sys.path.insert(0, {str(REPO)!r})
 import psg_cli
-for m in [m for m in pkgutil.iter_modules(psg_cli.__path__) if m.name != '__main__']:
+for m in [m for m in pkgutil.iter_modules(psg_cli.__path__) if m.name not in ('__main__', 'ray_backend')]:
     importlib.import_module('psg_cli.' + m.name)
 from pathlib import Path
 import numpy as np
@@ -191,18 +192,28 @@ def test_core_cli_client_working_size_by_family_and_in_graph_resize():
     flux = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "flux1-dev-fp8.safetensors"}}}
     assert photo.working_size_for(flux, "mine.json") == (1024, "Flux")
     photo_ids = workflow.find_role(sd15, workflow.roles.PHOTO)
-    assert photo.graph_resizes(sd15, photo_ids) is None
-    resized = json.loads(json.dumps(sd15))
-    resized["90"] = {"class_type": "ImageScaleToMaxDimension", "inputs": {"image": [photo_ids[0], 0],
-                                                                        "upscale_method": "area", "largest_size": 512}}
-    assert photo.graph_resizes(resized, photo_ids) == "90"
+    # the shipped template sizes the photo itself: the client's flags become PSG Fit Image's inputs
+    fit = photo.graph_resizes(sd15, photo_ids)
+    assert fit is not None and sd15[fit]["class_type"] == "PSGFitImage"
+    req = edit.EditRequest(image=Path("x.png"), source="a", target="b", working_size=768, output_size="working")
+    assert edit.client_side_size(req, sd15)[0] is None
+    assert sd15[fit]["inputs"]["long_side"] == 768 and sd15[fit]["inputs"]["output_size"] == "working size"
+    # a workflow of the user's with no resize node: the client sizes the photo
+    bare = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+            "2": {"class_type": "LoadImage", "inputs": {"image": "x.png"}, "_meta": {"title": "Photo"}}}
+    assert photo.graph_resizes(bare, ["2"]) is None
     req = edit.EditRequest(image=Path("x.png"), source="a", target="b")
-    assert edit.client_side_size(req, resized)[0] is None
-    assert edit.client_side_size(req, sd15)[0] == 512
+    assert edit.client_side_size(req, bare)[0] == 512
     req.working_size = 768
-    assert edit.client_side_size(req, sd15)[0] == 768
+    assert edit.client_side_size(req, bare)[0] == 768
+    resized = json.loads(json.dumps(bare))
+    resized["90"] = {"class_type": "ImageScaleToMaxDimension", "inputs": {"image": ["2", 0],
+                                                                        "upscale_method": "area", "largest_size": 512}}
+    assert photo.graph_resizes(resized, ["2"]) == "90"
     with pytest.raises(CliError, match="resizes the photo itself .*--set '90"):
         edit.client_side_size(req, resized)
+    req.working_size = None
+    assert edit.client_side_size(req, resized)[0] is None
 
 
 def test_core_cli_client_size_flags_parse():
