@@ -19,6 +19,7 @@ Session fixtures (one of each per test run):
                 ``run(prompt)``, ``object_info(cls=None)``, ``upload_image(path)``,
                 ``view(filename, subfolder, type)``, ``interrupt()``, ``queue()``,
                 ``events()`` (websocket, ``wait_for(type, where=...)``), ``log_tail()``.
+  lpips_folder  (per module) a seeded random AlexNet in an extra 'lpips' model folder.
   tiny_models   psg_testing.tiny_models.build_tiny(family, seed=0, *, cached=True)
                 -> TinyModels(model, clip, vae, family); families sd15, sd2v, sdxl, flow.
   frontend      psg_testing.browser.ComfyFrontend: ComfyUI's web frontend of ``comfy_server`` in
@@ -176,6 +177,19 @@ def tiny_models(comfy_root: Path) -> Callable:
     from psg_testing.tiny_models import build_tiny
 
     return build_tiny
+
+
+@pytest.fixture(scope="module")
+def lpips_folder(comfy_host, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A (random, seeded) AlexNet backbone saved under torchvision's file name in an extra 'lpips'
+    model folder: the LPIPS loader's real offline path, as extra_model_paths.yaml would add."""
+    from psg_testing.metric_models import save_random_alexnet
+    from psg_testing.model_folders import extra_model_folder
+
+    folder = tmp_path_factory.mktemp("models") / "lpips"
+    save_random_alexnet(folder)
+    with extra_model_folder("lpips", folder):
+        yield str(folder)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,6 @@ import pytest
 import torch
 from comfy_execution.graph_utils import GraphBuilder
 from PIL import Image
-from psg_testing.metric_models import save_random_alexnet
-from psg_testing.model_folders import extra_model_folder
 from psg_testing.tiny_models import FAMILIES
 
 logger = logging.getLogger(__name__)
@@ -39,14 +37,6 @@ def photo(comfy_host) -> str:
     name = "psg_equals_core.png"
     Image.fromarray(data.astronaut()).resize((SIZE, SIZE), Image.BICUBIC).save(comfy_host.base_dir / "input" / name)
     return name
-
-
-@pytest.fixture(scope="module")
-def lpips_folder(comfy_host, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("models_equals_core") / "lpips"
-    save_random_alexnet(folder)
-    with extra_model_folder("lpips", folder):
-        yield str(folder)
 
 
 def build_graph(family: str, photo: str):

@@ -10,8 +10,6 @@ import torch
 from comfy_execution.graph_utils import GraphBuilder
 from PIL import Image
 from psg_testing.host import PromptExecutionError
-from psg_testing.metric_models import save_random_alexnet
-from psg_testing.model_folders import extra_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +24,6 @@ def photo(comfy_host) -> str:
     name = "psg_method_fixes.png"
     Image.fromarray(data.coffee()).resize((SIZE, SIZE), Image.BICUBIC).save(comfy_host.base_dir / "input" / name)
     return name
-
-
-@pytest.fixture(scope="module")
-def lpips_folder(comfy_host, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("models_method_fixes") / "lpips"
-    save_random_alexnet(folder)
-    with extra_model_folder("lpips", folder):
-        yield str(folder)
 
 
 def front(family: str, photo: str, source_text: str = "a cup of coffee"):

@@ -15,8 +15,6 @@ import torch
 from comfy_execution.graph_utils import GraphBuilder
 from PIL import Image
 from psg_testing.host import PromptExecutionError, PromptInterrupted
-from psg_testing.metric_models import save_random_alexnet
-from psg_testing.model_folders import extra_model_folder
 from psg_testing.tiny_models import FAMILIES
 
 logger = logging.getLogger(__name__)
@@ -47,16 +45,6 @@ def photo(comfy_host) -> str:
     name = "psg_chelsea.png"
     image.save(comfy_host.base_dir / "input" / name)
     return name
-
-
-@pytest.fixture(scope="module")
-def lpips_folder(comfy_host, tmp_path_factory) -> str:
-    """A (random, seeded) AlexNet backbone saved under torchvision's file name in an extra
-    'lpips' model folder: the loader's real offline path, as extra_model_paths.yaml would add."""
-    folder = tmp_path_factory.mktemp("models") / "lpips"
-    save_random_alexnet(folder)
-    with extra_model_folder("lpips", folder):
-        yield str(folder)
 
 
 # --------------------------------------------------------------------------- graphs

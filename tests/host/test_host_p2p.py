@@ -12,7 +12,6 @@ from comfy_execution.graph_utils import GraphBuilder
 from PIL import Image
 from psg_testing.host import PromptExecutionError
 from psg_testing.metric_models import save_random_alexnet
-from psg_testing.model_folders import extra_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +39,6 @@ def photo(comfy_host) -> str:
 def photo128(comfy_host) -> str:
     """128 px: 8x8 attention maps on the tiny models, enough for a partial LocalBlend mask."""
     return _save_photo(comfy_host, 128)
-
-
-@pytest.fixture(scope="module")
-def lpips_folder(comfy_host, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("models") / "lpips"
-    save_random_alexnet(folder)
-    with extra_model_folder("lpips", folder):
-        yield str(folder)
 
 
 def test_host_p2p_tiny_models_have_real_attention_blocks(tiny_models, comfy_host) -> None:
