@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from pathlib import Path
@@ -181,10 +180,9 @@ def test_core_cli_dataset_loader_is_parsed_never_evaluated(tmp_path):
 def test_core_cli_websocket_client_reads_text_binary_and_close():
     """Against a real aiohttp websocket server (what ComfyUI uses) on 127.0.0.1."""
     from aiohttp import web
+    from psg_testing.aiohttp_server import serve_routes
 
     big = bytes(range(256)) * 300  # > 65535 bytes: the 64-bit length form
-    ready = threading.Event()
-    state: dict = {}
 
     async def handler(request):
         ws = web.WebSocketResponse()
@@ -195,34 +193,14 @@ def test_core_cli_websocket_client_reads_text_binary_and_close():
         await ws.close()
         return ws
 
-    def serve():
-        loop = asyncio.new_event_loop()
-        app = web.Application()
-        app.router.add_get("/ws", handler)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        state["port"] = site._server.sockets[0].getsockname()[1]
-        state["loop"] = loop
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        ws = WebSocket(f"ws://127.0.0.1:{state['port']}/ws?clientId=abc", timeout=10)
+    with serve_routes({"/ws": handler}) as url:
+        ws = WebSocket(f"{url.replace('http', 'ws', 1)}/ws?clientId=abc", timeout=10)
         assert ws.recv() == (OP_TEXT, json.dumps({"type": "status", "data": {"sid": "abc"}}).encode())
         assert ws.recv() == (OP_BINARY, big)
         assert ws.recv() == (OP_TEXT, b"x" * 300)
         with pytest.raises(WebSocketClosed):
             ws.recv()
         ws.close()
-    finally:
-        state["loop"].call_soon_threadsafe(state["loop"].stop)
-        thread.join(10)
 
 
 def test_core_cli_websocket_refused_handshake_is_clear():

@@ -261,17 +261,13 @@ def test_core_cli_client_credentials_in_the_url_never_show():
 
 def test_core_cli_client_sends_headers_on_http_and_websocket():
     """Against a real aiohttp server (what ComfyUI and most proxies speak) that records headers."""
-    import asyncio
-    import threading
-
     from aiohttp import web
+    from psg_testing.aiohttp_server import serve_routes
 
     from psg_cli.server_backend import ServerBackend
     from psg_cli.ws import OP_TEXT
 
     seen: list[tuple[str, str | None, str | None]] = []
-    ready = threading.Event()
-    state: dict = {}
 
     async def info(request):
         seen.append((request.path, request.headers.get("Authorization"), request.headers.get("X-Team")))
@@ -287,25 +283,7 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
         await ws.close()
         return ws
 
-    def serve():
-        loop = asyncio.new_event_loop()
-        app = web.Application()
-        app.router.add_get("/object_info", info)
-        app.router.add_get("/ws", ws_handler)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        state.update(port=site._server.sockets[0].getsockname()[1], loop=loop)
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        url = f"http://127.0.0.1:{state['port']}"
+    with serve_routes({"/object_info": info, "/ws": ws_handler}) as url:
         with pytest.raises(CliError, match="401 .*--token TOKEN or --basic-auth"):
             ServerBackend(url).object_info()
         with pytest.raises(CliError, match="credentials given were refused"):
@@ -315,9 +293,6 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
         ws = backend._connect_ws()
         assert ws is not None and ws.recv() == (OP_TEXT, b"{}")
         ws.close()
-    finally:
-        state["loop"].call_soon_threadsafe(state["loop"].stop)
-        thread.join(10)
     assert seen[-2:] == [("/object_info", "Bearer s3cret", "vision"), ("/ws", "Bearer s3cret", "vision")]
 
 
