@@ -82,7 +82,7 @@ class PSGEdit(io.ComfyNode):
                 io.Float.Input("w_source", default=0.0, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (source - null). 0 = plain CFG on the edit prompt."),
                 io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (edit - null), the CFG scale; 0 reconstructs the photo. 5-10 typical."),
                 io.Combo.Input("text_optimisation", options=[*TEXT_MODES, NO_OPTIMISATION], default=TEXT_MODES[0], tooltip="How to keep the unedited content: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast), none. Fitted at scale w_source + w_edit."),
-                io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text: at most this many model calls per step (10); the default schedule usually stops after 2-3."),
+                io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text: the budget per step, as in prompt-to-prompt: 10 = at most 12 model calls (the default schedule usually stops after 3-4)."),
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, tooltip="Perceptual (LPIPS) guidance strength; 0 turns it off. 0.5-2 typical; higher keeps more of the photo."),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance starts."),
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance stops."),

@@ -218,7 +218,7 @@ class PSGTextGuidanceOptimize(io.ComfyNode):
                 io.Conditioning.Input("null", tooltip="The null (empty) prompt, the starting point of the optimisation."),
                 io.Combo.Input("mode", options=list(TEXT_MODES), default=TEXT_MODES[0], tooltip="null-text optimisation (best), negative-prompt (free) or direct offsets (fast)."),
                 io.Float.Input("guidance_scale", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The CFG scale sampling will use on the source prompt; 7.5 as in the paper."),
-                io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text only. secant: at most this many model calls per step (it usually stops after about 3); reference: Adam iterations per step (10 in the paper)."),
+                io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text only. The budget per step, as in prompt-to-prompt: 10 = at most 12 model calls (1 source + 10 Adam steps + 1 final for the reference schedule; the secant default usually stops after 3-4)."),
                 io.Float.Input("tolerance", default=1e-4, min=0.0, max=1.0, step=1e-5, round=1e-7, tooltip="Null-text, secant schedule: stop a step once its landing error is below this fraction of the latent's size (1e-4). The reference schedule uses prompt-to-prompt's own thresholds."),
                 io.Combo.Input("schedule", options=["secant", "reference"], default="secant", optional=True, tooltip="Null-text only. secant (default): closes the guidance drift in far fewer model calls. reference: prompt-to-prompt's Adam schedule, for comparison with published results."),
             ],

@@ -4,7 +4,7 @@ Plain inversion + CFG sampling drifts: the inversion followed D(x, source), the 
 D_null + g (D_source - D_null). Three remedies, each giving per-step inputs for ``ddim_sample``:
 
 - ``optimize_null_text`` (Mokady et al. 2023): one optimised null embedding per reverse step
-  (and per image). Most faithful and keeps CFG's editing strength; costs up to ``inner_steps``
+  (and per image). Most faithful and keeps CFG's editing strength; costs up to ``inner_steps + 2``
   denoiser passes per step. Preferable when quality matters and the edit relies on the null
   branch. Two schedules (``NullTextSchedule``): the default secant solver, and the reference
   schedule of prompt-to-prompt's null-text inversion (Adam), kept for comparison.
@@ -47,12 +47,15 @@ class NullTextSchedule(str, Enum):
 
 SECANT_TOL = 1e-4
 """Default stop for the secant schedule: landing error / target norm, per image."""
+SAME_BUDGET = 2
+"""The secant schedule's calls per step beyond ``inner_steps``: the reference spends one on the
+source prompt and one on the final step besides its ``inner_steps`` Adam steps."""
 REFERENCE_TOL = 1e-5
 """prompt-to-prompt's base early-stop threshold (DDPM-space MSE)."""
 STALL = 0.01
 """The secant schedule also stops an image once an improving evaluation cuts its error by less
 than this fraction, or after ``FAILURES`` evaluations in a row that did not improve it."""
-FAILURES = 2
+FAILURES = 3
 WINDOW = 4
 """Evaluations the secant model is built from (older ones describe a region already left)."""
 BACKTRACK = 10.0
@@ -98,8 +101,9 @@ def optimize_null_text(
     previous step's null; then x moves on with the fitted null. Only the embedding gets gradients
     (the denoiser's weights are not touched); it is held in float32 (or wider) whatever the model.
 
-    ``schedule`` SECANT (default): at most ``inner_steps`` denoiser calls per step (the first also
-    evaluates the source prompt), stopping once every image's landing error is below ``tol``
+    ``schedule`` SECANT (default): at most ``inner_steps + 2`` denoiser calls per step, the
+    reference's worst case (the first also evaluates the source prompt), stopping once every
+    image's landing error is below ``tol``
     (default 1e-4) relative to its target, or stalls. REFERENCE: prompt-to-prompt, 1 source call,
     up to ``inner_steps`` Adam steps and 1 final call; ``tol`` is its base threshold (1e-5).
     A null with batch 1 is fitted per image when the latent holds several (``nulls[i]`` is then
@@ -120,7 +124,7 @@ def optimize_null_text(
     if schedule is NullTextSchedule.REFERENCE:
         return _reference(denoise, traj, source.clone(), start, guidance_scale, inner_steps,
                           REFERENCE_TOL if tol is None else tol, callback)
-    return _secant(denoise, traj, source.clone(), start, guidance_scale, inner_steps,
+    return _secant(denoise, traj, source.clone(), start, guidance_scale, inner_steps + SAME_BUDGET,
                    SECANT_TOL if tol is None else tol, callback)
 
 
