@@ -1,0 +1,126 @@
+"""DDIM inversion and text-guidance optimisation on the host model (``psg_core.ddim_invert`` and
+``psg_core.null_text``), shared by the inversion, edit and prompt-to-prompt nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import host, validation
+from ..psg_types import TEXT_MODES, PSGInversion, check_matches
+
+
+def latent_samples(latent: Any, node: str) -> torch.Tensor:
+    """The sample tensor of a LATENT, with a clear error for anything else."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not torch.is_tensor(samples) or samples.ndim != 4:
+        raise ValueError(f"{node}: the 'latent' input must be an image LATENT (e.g. from VAE Encode).")
+    validation.check_finite(samples, "latent", node)
+    return samples
+
+
+def invert(
+    model: Any,
+    samples: torch.Tensor,
+    source: Any,
+    *,
+    steps: int,
+    scheduler: str,
+    cfg: float,
+    null: Any | None,
+    node: str,
+    fixed_point_iters: int = 0,
+) -> tuple[PSGInversion, torch.Tensor]:
+    """Run ``psg_core.ddim_invert`` on the host model; shared by the inversion and edit nodes.
+
+    Returns the inversion and the inverted noise as an (outer-space) LATENT sample tensor."""
+    from ...psg_core.ddim import ddim_invert
+    family = host.detect_family(model, node)
+    sigmas = host.inversion_sigmas(model, scheduler, steps, node)
+    use_cfg = null is not None and abs(cfg - 1.0) > 1e-8
+    if abs(cfg - 1.0) > 1e-8 and null is None:
+        raise ValueError(f"{node}: inversion cfg {cfg} needs the optional 'null' conditioning; connect it or set cfg to 1.")
+    conds = {"source": source}
+    if use_cfg:
+        conds["null"] = null
+    result: dict[str, Any] = {}
+
+    def body(h: host.HostModel) -> torch.Tensor:
+        report = host.StepReporter(model, steps)
+        traj = ddim_invert(
+            h.denoise,
+            h.latent,
+            sigmas.to(h.device),
+            h.bank.embeddings["source"],
+            space=family.space,
+            null=h.bank.embeddings["null"] if use_cfg else None,
+            guidance_scale=float(cfg) if use_cfg else 1.0,
+            fixed_point_iters=int(fixed_point_iters),
+            callback=report,
+        )
+        latents = traj.latents if torch.is_tensor(traj.latents) else torch.stack(list(traj.latents))
+        result["latents"] = latents.detach().to("cpu", torch.float32)
+        return latents[-1].detach()
+
+    noise = host.run_on_host(model, conds, samples, body, family=family, fallback="source", sigmas=sigmas, node=node)
+    inv = PSGInversion(
+        family=family.name,
+        space=family.space.name,
+        scheduler=scheduler,
+        sigmas=sigmas,
+        latents=result["latents"],
+        inversion_cfg=float(cfg) if use_cfg else 1.0,
+    )
+    return inv, noise
+
+
+def trajectory_on(inv: PSGInversion, device: torch.device, space: Any) -> Any:
+    from ...psg_core.ddim import Trajectory
+
+    return Trajectory(sigmas=inv.sigmas.to(device), latents=inv.latents.to(device), space=space)
+
+
+def optimise_text(
+    model: Any,
+    inv: PSGInversion,
+    source: Any,
+    null: Any,
+    *,
+    mode: str,
+    guidance_scale: float,
+    inner_steps: int,
+    tolerance: float,
+    node: str,
+) -> PSGInversion:
+    """Per-step nulls (null-text / negative prompt) or latent offsets (direct inversion)."""
+    from ...psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text
+    family = host.detect_family(model, node)
+    check_matches(inv, family.name, node)
+    if mode not in TEXT_MODES:
+        raise ValueError(f"{node}: unknown mode {mode!r}; pick one of {', '.join(TEXT_MODES)}.")
+    result: dict[str, Any] = {"nulls": None, "offsets": None}
+
+    def body(h: host.HostModel) -> torch.Tensor:
+        traj = trajectory_on(inv, h.device, family.space)
+        src, nul = h.bank.embeddings["source"], h.bank.embeddings["null"]
+        report = host.StepReporter(model, inv.steps)
+        if mode == TEXT_MODES[0]:
+            h.enable_model_gradients()
+            with torch.enable_grad():
+                result["nulls"] = optimize_null_text(
+                    h.denoise, traj, src, nul, guidance_scale=guidance_scale, inner_steps=inner_steps,
+                    tol=tolerance, callback=report,
+                )
+        elif mode == TEXT_MODES[1]:
+            result["nulls"] = negative_prompt_nulls(traj, src)
+        else:
+            result["offsets"] = direct_inversion_offsets(h.denoise, traj, src, nul, guidance_scale=guidance_scale,
+                                                         callback=report)
+        return h.latent
+
+    zeros = torch.zeros(inv.latent_shape)
+    host.run_on_host(model, {"source": source, "null": null}, zeros, body, family=family, fallback="null",
+                     sigmas=inv.sigmas, node=node)
+    return inv.with_text_guidance(mode, guidance_scale, result["nulls"], result["offsets"])
+
