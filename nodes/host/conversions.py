@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...psg_core.losses import as_mask
 from ..validation import check_finite
 from .autograd import normal_tensor
 
@@ -20,10 +21,7 @@ def mask_to_b1hw(mask: torch.Tensor | None, height: int, width: int) -> torch.Te
     """ComfyUI MASK (B, H, W) or (H, W) -> (B, 1, H, W) resized to the image, normal tensor."""
     if mask is None:
         return None
-    m = normal_tensor(mask).float()
-    if m.ndim == 2:
-        m = m[None]
-    m = m[:, None]
+    m = as_mask(normal_tensor(mask), "mask", clamp=True)
     if m.shape[-2:] != (height, width):
         m = torch.nn.functional.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
     return m.clamp(0.0, 1.0)

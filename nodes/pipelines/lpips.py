@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 
 import folder_paths
 import torch
+
+from ..host.folders import register_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -18,13 +19,7 @@ NETS = ("alex", "vgg", "squeeze")
 
 def register_folder() -> None:
     """``models/lpips`` as a ComfyUI model folder, so extra_model_paths.yaml can add more."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths, exts = folder_paths.folder_names_and_paths[FOLDER]
-        if default not in paths:
-            paths.append(default)
-        return
-    folder_paths.folder_names_and_paths[FOLDER] = ([default], set(folder_paths.supported_pt_extensions))
+    register_model_folder(FOLDER, folder_paths.supported_pt_extensions)
 
 
 register_folder()

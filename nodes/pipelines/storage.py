@@ -10,6 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..host.folders import register_model_folder
 from ..psg_types import PSGInversion
 
 FOLDER = "psg_inversions"
@@ -24,10 +25,7 @@ def output_folder() -> str:
 
 def register_folder() -> None:
     """``models/psg_inversions`` and ``output/psg_inversions`` (where the save node writes)."""
-    for path in (os.path.join(folder_paths.models_dir, FOLDER), output_folder()):
-        folder_paths.add_model_folder_path(FOLDER, path)
-    paths, exts = folder_paths.folder_names_and_paths[FOLDER]
-    exts.add(".safetensors")
+    register_model_folder(FOLDER, (".safetensors",), extra_paths=(output_folder(),))
 
 
 register_folder()
