@@ -1,5 +1,5 @@
 """A 512 px, 50-step PSG edit with a random-weight full-size SD1.5 on CUDA: seconds and peak GPU
-memory per phase (issue 8, Deliver 3). Run it through ``benchmarks/gpu_check.sh``.
+memory per phase. Run it through ``benchmarks/gpu_check.sh``.
 
 Why random weights: the cost of a phase depends on the architecture and the number of passes,
 not on the weights, and a GPU machine may have no checkpoint. The one caveat is null-text

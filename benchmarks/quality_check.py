@@ -1,4 +1,4 @@
-"""Guidance-decoder quality check (issue 10): does a cheap guidance decoder keep the edit as good?
+"""Guidance-decoder quality check: does a cheap guidance decoder keep the edit as good?
 
 For each edit of ``../shared/data/edits.json`` (or ``--dataset``) the shipped ``psg_edit`` workflow
 runs four times through the CLI's in-process ComfyUI (``psg_cli``: the same graph a user runs):

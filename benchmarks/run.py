@@ -1,4 +1,4 @@
-"""PSG cost benchmarks (issue 8, issue 10 item 3): ratios measured side by side in ONE run.
+"""PSG cost benchmarks: ratios measured side by side in ONE run.
 
 Run:   .venv/bin/python benchmarks/run.py            # full SD1.5 shapes, 128 px (~5 min, 2 cores)
        .venv/bin/python benchmarks/run.py --quick    # narrow SD1.5 topology (~1-2 min)

@@ -1,4 +1,4 @@
-"""Soak (issue 9 item 3): N headless one-node edits queued at once on a real ComfyUI server.
+"""Soak: N headless one-node edits queued at once on a real ComfyUI server.
 
 Run:   .venv/bin/python benchmarks/soak.py [--runs 50] [--first 5] [--keep]
 

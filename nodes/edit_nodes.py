@@ -9,7 +9,7 @@ from . import host, validation
 from .pipelines.edit import NO_OPTIMISATION
 from .pipelines.edit import edit as run_edit
 from .pipelines.perceptual import GUIDANCE_RESOLUTIONS, PerceptualSettings
-from .psg_types import TEXT_MODES, PSGLpipsType
+from .psg_types import TEXT_MODE_NAMES, PSGLpipsType, TextMode
 from .tooltips import GUIDANCE_RESOLUTION_TOOLTIP, GUIDANCE_VAE_TOOLTIP
 
 NODE = "PSG Edit"
@@ -43,7 +43,7 @@ class PSGEdit(io.ComfyNode):
                 io.Combo.Input("scheduler", options=host.SCHEDULERS, default=host.DEFAULT_SCHEDULER, tooltip="Sigma schedule for inversion and sampling; 'simple' matches DDIM."),
                 io.Float.Input("w_source", default=0.0, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (source - null). 0 = plain CFG on the edit prompt."),
                 io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (edit - null), the CFG scale; 0 reconstructs the photo. 5-10 typical."),
-                io.Combo.Input("text_optimisation", options=[*TEXT_MODES, NO_OPTIMISATION], default=TEXT_MODES[0], tooltip="How to keep the unedited content: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast), none. Fitted at scale w_source + w_edit."),
+                io.Combo.Input("text_optimisation", options=[*TEXT_MODE_NAMES, NO_OPTIMISATION], default=TextMode.NULL_TEXT.value, tooltip="How to keep the unedited content: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast), none. Fitted at scale w_source + w_edit."),
                 io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text iterations per step; 10 in the paper, 3-5 faster."),
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, tooltip="Perceptual (LPIPS) guidance strength; 0 turns it off. 0.5-2 typical; higher keeps more of the photo."),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance starts."),

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from . import host
 from .pipelines.inversion import invert, latent_samples, optimise_text
-from .psg_types import TEXT_MODES, PSGInversionType
+from .psg_types import TEXT_MODE_NAMES, PSGInversionType, TextMode
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class PSGTextGuidanceOptimize(io.ComfyNode):
                 PSGInversionType.Input("inversion", tooltip="The output of PSG DDIM Inversion."),
                 io.Conditioning.Input("source", tooltip="The source prompt used for the inversion."),
                 io.Conditioning.Input("null", tooltip="The null (empty) prompt, the starting point of the optimisation."),
-                io.Combo.Input("mode", options=list(TEXT_MODES), default=TEXT_MODES[0], tooltip="null-text optimisation (best), negative-prompt (free) or direct offsets (fast)."),
+                io.Combo.Input("mode", options=TEXT_MODE_NAMES, default=TextMode.NULL_TEXT.value, tooltip="null-text optimisation (best), negative-prompt (free) or direct offsets (fast)."),
                 io.Float.Input("guidance_scale", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The CFG scale sampling will use on the source prompt; 7.5 as in the paper."),
                 io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Optimiser iterations per step (null-text only); 10 in the paper, 3-5 is faster."),
                 io.Float.Input("tolerance", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-7, tooltip="Stop a step's iterations early once the latent error is below this (null-text only)."),

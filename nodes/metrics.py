@@ -1,4 +1,4 @@
-"""Metric and picture nodes (issue 7): image metrics, CLIPScore, comparison grid, loss plot.
+"""Metric and picture nodes: image metrics, CLIPScore, comparison grid, loss plot.
 
 The math lives in ``psg_core.metrics`` / ``clip_score`` / ``plots``; here are schemas, model
 folders and the IMAGE/MASK layout conversions.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from enum import Enum
 
 import torch
 from comfy_api.latest import io
@@ -12,7 +13,22 @@ PSGLpipsType = io.Custom("PSG_LPIPS")
 PSGLossesType = io.Custom("PSG_LOSSES")
 """Per-step guidance losses: a list of floats (or {name: [floats]}); plotted by PSG Loss Plot."""
 
-TEXT_MODES = ("null-text optimisation", "negative-prompt", "direct offsets")
+
+
+class TextMode(str, Enum):
+    """How text guidance is made to retrace the inversion (stored in ``PSGInversion.mode`` by value)."""
+
+    NULL_TEXT = "null-text optimisation"  # one optimised null embedding per step (Mokady et al.)
+    NEGATIVE_PROMPT = "negative-prompt"  # the source prompt as the null: free
+    DIRECT_OFFSETS = "direct offsets"  # the per-step latent drift, added back while sampling
+
+    @property
+    def needs_scale(self) -> bool:
+        """Fitted at a guidance scale: sampling at another w_source + w_edit means fitting again."""
+        return self is not TextMode.NEGATIVE_PROMPT
+
+
+TEXT_MODE_NAMES: list[str] = [m.value for m in TextMode]
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,6 @@ class PSGInversion:
     guidance_scale: float | None = None
     nulls: tuple[torch.Tensor, ...] | None = None
     offsets: tuple[torch.Tensor, ...] | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:

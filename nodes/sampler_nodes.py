@@ -6,12 +6,11 @@ from comfy_api.latest import io
 
 from ..psg_core.perceptual import DEFAULT_SCALE
 from . import validation
-from .pipelines.perceptual import GUIDANCE_RESOLUTIONS, PerceptualSettings, make_sampler
+from .pipelines.perceptual import GUIDANCE_RESOLUTIONS, GradientPath, PerceptualSettings, make_sampler
 from .psg_types import PSGInversionType, PSGLpipsType
 from .tooltips import GUIDANCE_RESOLUTION_TOOLTIP, GUIDANCE_VAE_TOOLTIP
 
 NODE = "PSG Perceptual Sampler"
-GRADIENT_PATHS = ("x0 (fast)", "through model (DPS)")
 
 
 class PSGPerceptualSampler(io.ComfyNode):
@@ -38,7 +37,7 @@ class PSGPerceptualSampler(io.ComfyNode):
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where guidance starts (0 = first, noisiest step)."),
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where guidance stops (1 = last step). Stopping at 0.6-0.8 leaves fine detail to the edit."),
                 io.Int.Input("every", default=1, min=1, max=100, tooltip="Guide every n-th step only (1 = all); 2-3 halves the cost."),
-                io.Combo.Input("gradient", options=list(GRADIENT_PATHS), default=GRADIENT_PATHS[0], tooltip="x0 (fast): gradient w.r.t. the x0 estimate only, no UNet backward. through model (DPS): w.r.t. the noisy latent through the UNet, slower and heavier."),
+                io.Combo.Input("gradient", options=[g.value for g in GradientPath], default=GradientPath.X0.value, tooltip="x0 (fast): gradient w.r.t. the x0 estimate only, no UNet backward. through model (DPS): w.r.t. the noisy latent through the UNet, slower and heavier."),
                 io.Mask.Input("mask", optional=True, tooltip="Optional: 1 = region to edit freely, 0 = region kept close to the reference."),
                 PSGInversionType.Input("inversion", optional=True, tooltip="Optional: start from this inversion's noise (exactly, without a round trip through the LATENT). With Disable Noise the sampler otherwise starts from the connected latent itself, for every model family. The SIGMAS must match its schedule."),
                 io.Vae.Input("guidance_vae", optional=True, tooltip=GUIDANCE_VAE_TOOLTIP),
@@ -51,7 +50,7 @@ class PSGPerceptualSampler(io.ComfyNode):
     def execute(cls, vae, reference, lpips, scale, start, end, every, gradient, mask=None, inversion=None,
                 guidance_vae=None, guidance_resolution="full") -> io.NodeOutput:
         settings = PerceptualSettings(scale=scale, start=start, end=end, every=every,
-                                      through_model=gradient == GRADIENT_PATHS[1],
+                                      through_model=gradient == GradientPath.THROUGH_MODEL,
                                       resolution=guidance_resolution or "full")
         validation.check_mask_batch(mask, reference.shape[0], NODE)
         return io.NodeOutput(make_sampler(vae, reference, lpips, settings, mask, inversion, guidance_vae,

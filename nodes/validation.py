@@ -1,5 +1,5 @@
 """Input checks shared by several PSG nodes: each failure is one short message naming the node,
-the input and what to change (issue 9), instead of a crash deep inside torch."""
+the input and what to change, instead of a crash deep inside torch."""
 
 from __future__ import annotations
 

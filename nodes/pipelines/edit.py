@@ -13,7 +13,7 @@ import torch
 
 from .. import host, validation
 from ..inversion_cache import INVERSIONS, fingerprint
-from ..psg_types import TEXT_MODES, PSGInversion
+from ..psg_types import TEXT_MODE_NAMES, PSGInversion, TextMode
 from .guider import make_guider
 from .inversion import invert, optimise_text
 from .perceptual import PerceptualSettings, make_sampler
@@ -21,9 +21,11 @@ from .perceptual import PerceptualSettings, make_sampler
 logger = logging.getLogger(__name__)
 
 NO_OPTIMISATION = "none"
-NEEDS_SCALE = (TEXT_MODES[0], TEXT_MODES[2])
-"""Text modes fitted at a guidance scale (null-text optimisation, direct offsets): a new
-w_source + w_edit means fitting again; negative-prompt nulls do not depend on it."""
+
+
+def needs_scale(text_optimisation: str) -> bool:
+    """Whether the text optimisation depends on w_source + w_edit (then a new scale means refitting)."""
+    return text_optimisation in TEXT_MODE_NAMES and TextMode(text_optimisation).needs_scale
 
 
 def show_phase(node: str, node_id: str | None, text: str) -> None:
@@ -81,7 +83,7 @@ def cached_inversion(model: Any, samples: torch.Tensor, source: Any, null: Any, 
     model_key = fingerprint(getattr(model, "patches_uuid", None), model.model_options)
     inv_key = fingerprint("inversion", model_key, samples, source, steps, scheduler)
     text_key = fingerprint("text", inv_key, null, text_optimisation, inner_steps,
-                           guidance_scale if text_optimisation in NEEDS_SCALE else None)
+                           guidance_scale if needs_scale(text_optimisation) else None)
     final = INVERSIONS.get(text_key, owner)
     if final is not None:
         show_phase(node, node_id, "reusing the inversion and text optimisation from the last run")

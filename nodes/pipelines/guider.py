@@ -15,7 +15,7 @@ import torch
 from ...psg_core.ddim import offset_as_x0
 from ...psg_core.guidance import triple_combine
 from .. import host
-from ..psg_types import TEXT_MODES, PSGInversion, check_matches
+from ..psg_types import PSGInversion, TextMode, check_matches
 
 if TYPE_CHECKING:
     from ...psg_core.spaces import NoiseSpace
@@ -91,7 +91,7 @@ class PSGTripleGuider(comfy.samplers.CFGGuider):
             if tuple(x.shape[1:]) != inv.latent_shape[1:]:
                 raise ValueError(f"{NODE}: the latent {list(x.shape)} does not match the inversion {list(inv.latent_shape)}.")
             step = self._step_index(float(timestep.reshape(-1)[0]))
-            if inv.mode == TEXT_MODES[1]:  # negative-prompt: the whole source cond (pooled output too)
+            if inv.mode == TextMode.NEGATIVE_PROMPT:  # negative-prompt: the whole source cond (pooled output too)
                 null_c = source_c
             elif inv.nulls is not None:
                 null_c = host.swap_embedding(null_c, inv.nulls[step].to(x.device))
@@ -128,7 +128,7 @@ def check_fitted_scale(inversion: PSGInversion | None, w_source: float, w_edit: 
     sampling retrace the inversion only at the scale they were fitted at. Returns whether they agree."""
     if inversion is None or inversion.mode is None or inversion.guidance_scale is None:
         return True
-    if inversion.mode == TEXT_MODES[1]:  # negative-prompt inversion does not depend on the scale
+    if inversion.mode == TextMode.NEGATIVE_PROMPT:  # negative-prompt inversion does not depend on the scale
         return True
     total = float(w_source) + float(w_edit)
     if math.isclose(total, inversion.guidance_scale, rel_tol=1e-3, abs_tol=1e-3):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .. import host, validation
-from ..psg_types import TEXT_MODES, PSGInversion, check_matches
+from ..psg_types import TEXT_MODE_NAMES, PSGInversion, TextMode, check_matches
 
 
 def latent_samples(latent: Any, node: str) -> torch.Tensor:
@@ -97,22 +97,23 @@ def optimise_text(
     from ...psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text
     family = host.detect_family(model, node)
     check_matches(inv, family.name, node)
-    if mode not in TEXT_MODES:
-        raise ValueError(f"{node}: unknown mode {mode!r}; pick one of {', '.join(TEXT_MODES)}.")
+    if mode not in TEXT_MODE_NAMES:
+        raise ValueError(f"{node}: unknown mode {mode!r}; pick one of {', '.join(TEXT_MODE_NAMES)}.")
+    mode = TextMode(mode)
     result: dict[str, Any] = {"nulls": None, "offsets": None}
 
     def body(h: host.HostModel) -> torch.Tensor:
         traj = trajectory_on(inv, h.device, family.space)
         src, nul = h.bank.embeddings["source"], h.bank.embeddings["null"]
         report = host.StepReporter(model, inv.steps)
-        if mode == TEXT_MODES[0]:
+        if mode is TextMode.NULL_TEXT:
             h.enable_model_gradients()
             with torch.enable_grad():
                 result["nulls"] = optimize_null_text(
                     h.denoise, traj, src, nul, guidance_scale=guidance_scale, inner_steps=inner_steps,
                     tol=tolerance, callback=report,
                 )
-        elif mode == TEXT_MODES[1]:
+        elif mode is TextMode.NEGATIVE_PROMPT:
             result["nulls"] = negative_prompt_nulls(traj, src)
         else:
             result["offsets"] = direct_inversion_offsets(h.denoise, traj, src, nul, guidance_scale=guidance_scale,
@@ -122,5 +123,5 @@ def optimise_text(
     zeros = torch.zeros(inv.latent_shape)
     host.run_on_host(model, {"source": source, "null": null}, zeros, body, family=family, fallback="null",
                      sigmas=inv.sigmas, node=node)
-    return inv.with_text_guidance(mode, guidance_scale, result["nulls"], result["offsets"])
+    return inv.with_text_guidance(mode.value, guidance_scale, result["nulls"], result["offsets"])
 

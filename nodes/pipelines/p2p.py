@@ -3,6 +3,7 @@ clone of the model whose attention is patched (``nodes.attention_patches``)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 import torch
@@ -16,18 +17,23 @@ from ..attention_patches import (
     make_plan,
     patched_clone,
 )
-from ..psg_types import TEXT_MODES, PSGInversion, check_matches
+from ..psg_types import PSGInversion, TextMode, check_matches
 from .inversion import trajectory_on
 from .perceptual import PerceptualSettings, build_perceptual
 
 SETTINGS_NODE = "PSG Prompt-to-Prompt"
 NODE = "PSG P2P Sampler"
-MASK_USES = ("attention mask", "whole image")
-"""What the perceptual guidance pulls back to the photo: outside the attention mask, or everything."""
+
+
+class MaskUse(str, Enum):
+    """What the perceptual guidance pulls back to the photo."""
+
+    ATTENTION_MASK = "attention mask"  # only outside the blend words' region
+    WHOLE_IMAGE = "whole image"  # everywhere
 
 
 def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, edit_text: str, settings: P2PSettings,
-            w_source: float, w_edit: float, *, perceptual: Any = None, mask_use: str = MASK_USES[0],
+            w_source: float, w_edit: float, *, perceptual: Any = None, mask_use: str = MaskUse.ATTENTION_MASK,
             observers: list | None = None, node: str = NODE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two-branch prompt-to-prompt sampling from ``inversion`` on a patched clone of ``model``.
 
@@ -57,7 +63,7 @@ def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, ed
         bank = h.bank.embeddings
         guidance = TextGuidance(bank["null"], bank["source"], bank["edit"], float(w_source), float(w_edit))
         nulls = offsets = None
-        if inversion.mode == TEXT_MODES[1]:
+        if inversion.mode == TextMode.NEGATIVE_PROMPT:
             nulls = negative_prompt_nulls(trajectory_on(inversion, h.device, family.space), bank["source"])
         elif inversion.nulls is not None:
             nulls = [n.to(h.device) for n in inversion.nulls]
@@ -65,7 +71,7 @@ def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, ed
             offsets = [o.to(h.device) for o in inversion.offsets]
         blend = controller.blend_mask if controller.blending else None
         mask_fn = None
-        if perceptual is not None and mask_use == MASK_USES[0]:
+        if perceptual is not None and mask_use == MaskUse.ATTENTION_MASK:
             if not controller.blending:
                 raise ValueError(f"{node}: perceptual guidance with the attention mask needs blend_words in "
                                  f"{SETTINGS_NODE}; or set perceptual_mask to 'whole image'.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import comfy.samplers
@@ -17,6 +18,13 @@ from .guider import PSGTripleGuider
 from .lpips import LpipsHandle
 
 logger = logging.getLogger(__name__)
+
+
+class GradientPath(str, Enum):
+    """Which gradient the perceptual step follows."""
+
+    X0 = "x0 (fast)"  # w.r.t. the x0 estimate only: no UNet backward
+    THROUGH_MODEL = "through model (DPS)"  # w.r.t. the noisy latent, through the UNet
 
 GUIDANCE_RESOLUTIONS: dict[str, int] = {"full": 1, "1/2": 2, "1/4": 4}
 """``guidance_resolution`` option -> latent downscale factor for the perceptual decode + LPIPS."""

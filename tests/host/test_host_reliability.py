@@ -1,4 +1,4 @@
-"""Reliability and safety (issue 9) through real ComfyUI: a bad-input matrix over the HTTP API,
+"""Reliability and safety through real ComfyUI: a bad-input matrix over the HTTP API,
 interrupts in every phase, a short soak, no unsafe deserialisation or path traversal, and
 bitwise determinism across runs and a server restart.
 
