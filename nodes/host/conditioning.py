@@ -19,7 +19,8 @@ def embedding_of(conditioning: Sequence, name: str, node: str) -> torch.Tensor:
         raise ValueError(f"{node}: the '{name}' CONDITIONING is empty; connect a CLIP Text Encode output.")
     first = conditioning[0]
     if not isinstance(first, (list, tuple)) or not torch.is_tensor(first[0]):
-        raise ValueError(f"{node}: the '{name}' input is not a CONDITIONING (connect a CLIP Text Encode output).")
+        raise ValueError(f"{node}: the '{name}' input is not a CONDITIONING "
+                         "(connect a CLIP Text Encode output).")
     return first[0]
 
 

@@ -12,7 +12,8 @@ from .autograd import normal_tensor
 def image_to_bchw(image: torch.Tensor, node: str, name: str = "image") -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, C) in [0, 1] -> (B, 3, H, W) float32, normal tensor."""
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] < 3:
-        raise ValueError(f"{node}: expected an IMAGE (batch, height, width, channels), got {getattr(image, 'shape', image)}.")
+        raise ValueError(f"{node}: expected an IMAGE (batch, height, width, channels), "
+                         f"got {getattr(image, 'shape', image)}.")
     check_finite(image, name, node)
     return normal_tensor(image[..., :3]).float().movedim(-1, 1)
 

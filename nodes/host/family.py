@@ -36,7 +36,8 @@ def detect_family(model: Any, node: str) -> ModelFamily:
     sampling = model.get_model_object("model_sampling")
     ms = comfy.model_sampling
     refused = tuple(
-        getattr(ms, n) for n in ("X0", "EDM", "COSMOS_RFLOW", "StableCascadeSampling", "ModelSamplingContinuousEDM")
+        getattr(ms, n)
+        for n in ("X0", "EDM", "COSMOS_RFLOW", "StableCascadeSampling", "ModelSamplingContinuousEDM")
         if hasattr(ms, n)
     )
     if isinstance(sampling, ms.CONST):
@@ -48,7 +49,8 @@ def detect_family(model: Any, node: str) -> ModelFamily:
                            if c.__module__ == ms.__name__ and not c.__name__.startswith("ModelSampling")),
                           type(sampling).__name__)
         raise ValueError(
-            f"{node}: model type {type_name} with {prediction} prediction (sampling {type(sampling).__name__}) "
+            f"{node}: model type {type_name} with {prediction} prediction "
+            f"(sampling {type(sampling).__name__}) "
             "is not supported. "
             "PSG works with EPS and V_PREDICTION models (SD1.x, SD2.x, SDXL) and flow models (SD3, Flux); "
             "load one of those, or remove a ModelSampling patch that switched the prediction type."

@@ -31,6 +31,7 @@ def k_callback_reporter(callback: Callable | None, total: int) -> Callable:
     def report(step: int, _total: int, x: torch.Tensor, x0_hat: torch.Tensor) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         if callback is not None:
-            callback({"i": int(step), "denoised": x0_hat.detach(), "x": x.detach(), "sigma": None, "sigma_hat": None})
+            callback({"i": int(step), "denoised": x0_hat.detach(), "x": x.detach(), "sigma": None,
+                      "sigma_hat": None})
 
     return report

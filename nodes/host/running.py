@@ -36,7 +36,8 @@ class HostModel:
     def device(self) -> torch.device:
         return self.patcher.load_device
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, conds: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor,
+                conds: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         """psg_core denoiser: x0-hat per cond from ONE ``calc_cond_batch`` call."""
         cond_lists = [self.bank.conds_for(c) for c in conds]
         sigma = sigma.reshape(-1).to(x.device, x.dtype)
@@ -62,7 +63,8 @@ class _HostGuider(comfy.samplers.CFGGuider):
 class _BodySampler(comfy.samplers.Sampler):
     """A ComfyUI Sampler that hands the prepared model to a function instead of sampling."""
 
-    def __init__(self, body: Callable[[HostModel], torch.Tensor], make_host: Callable[..., HostModel]) -> None:
+    def __init__(self, body: Callable[[HostModel], torch.Tensor],
+                 make_host: Callable[..., HostModel]) -> None:
         self.body = body
         self.make_host = make_host
 

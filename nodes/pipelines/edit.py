@@ -91,7 +91,8 @@ def cached_inversion(model: Any, samples: torch.Tensor, source: Any, null: Any, 
     inv = INVERSIONS.get(inv_key, owner)
     if inv is None:
         show_phase(node, node_id, f"DDIM inversion ({steps} steps)")
-        inv, _ = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=1.0, null=None, node=node)
+        inv, _ = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=1.0, null=None,
+                        node=node)
         INVERSIONS.put(inv_key, owner, inv)
     else:
         show_phase(node, node_id, "reusing the DDIM inversion from the last run")

@@ -89,9 +89,10 @@ class PSGTripleGuider(comfy.samplers.CFGGuider):
         step = None
         if inv is not None and (inv.nulls is not None or inv.offsets is not None):
             if tuple(x.shape[1:]) != inv.latent_shape[1:]:
-                raise ValueError(f"{NODE}: the latent {list(x.shape)} does not match the inversion {list(inv.latent_shape)}.")
+                raise ValueError(f"{NODE}: the latent {list(x.shape)} does not match the inversion "
+                                 f"{list(inv.latent_shape)}.")
             step = self._step_index(float(timestep.reshape(-1)[0]))
-            if inv.mode == TextMode.NEGATIVE_PROMPT:  # negative-prompt: the whole source cond (pooled output too)
+            if inv.mode == TextMode.NEGATIVE_PROMPT:  # the whole source cond (pooled output too)
                 null_c = source_c
             elif inv.nulls is not None:
                 null_c = host.swap_embedding(null_c, inv.nulls[step].to(x.device))

@@ -40,7 +40,8 @@ def invert(
     sigmas = host.inversion_sigmas(model, scheduler, steps, node)
     use_cfg = null is not None and abs(cfg - 1.0) > 1e-8
     if abs(cfg - 1.0) > 1e-8 and null is None:
-        raise ValueError(f"{node}: inversion cfg {cfg} needs the optional 'null' conditioning; connect it or set cfg to 1.")
+        raise ValueError(f"{node}: inversion cfg {cfg} needs the optional 'null' conditioning; "
+                         "connect it or set cfg to 1.")
     conds = {"source": source}
     if use_cfg:
         conds["null"] = null
@@ -63,7 +64,8 @@ def invert(
         result["latents"] = latents.detach().to("cpu", torch.float32)
         return latents[-1].detach()
 
-    noise = host.run_on_host(model, conds, samples, body, family=family, fallback="source", sigmas=sigmas, node=node)
+    noise = host.run_on_host(model, conds, samples, body, family=family, fallback="source", sigmas=sigmas,
+                             node=node)
     inv = PSGInversion(
         family=family.name,
         space=family.space.name,
@@ -116,8 +118,8 @@ def optimise_text(
         elif mode is TextMode.NEGATIVE_PROMPT:
             result["nulls"] = negative_prompt_nulls(traj, src)
         else:
-            result["offsets"] = direct_inversion_offsets(h.denoise, traj, src, nul, guidance_scale=guidance_scale,
-                                                         callback=report)
+            result["offsets"] = direct_inversion_offsets(h.denoise, traj, src, nul,
+                                                         guidance_scale=guidance_scale, callback=report)
         return h.latent
 
     zeros = torch.zeros(inv.latent_shape)

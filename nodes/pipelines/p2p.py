@@ -32,9 +32,10 @@ class MaskUse(str, Enum):
     WHOLE_IMAGE = "whole image"  # everywhere
 
 
-def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, edit_text: str, settings: P2PSettings,
-            w_source: float, w_edit: float, *, perceptual: Any = None, mask_use: str = MaskUse.ATTENTION_MASK,
-            observers: list | None = None, node: str = NODE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, edit_text: str,
+            settings: P2PSettings, w_source: float, w_edit: float, *, perceptual: Any = None,
+            mask_use: str = MaskUse.ATTENTION_MASK, observers: list | None = None,
+            node: str = NODE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two-branch prompt-to-prompt sampling from ``inversion`` on a patched clone of ``model``.
 
     Returns the edit LATENT samples, the source-branch LATENT samples and the edited-region mask
@@ -79,17 +80,20 @@ def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, ed
         out = two_branch_sample(
             branch_denoiser(h, controller), inversion.noise.to(h.device), sigmas.to(h.device), guidance,
             source_scale=float(source_scale), space=family.space, nulls=nulls, offsets=offsets,
-            on_step=controller.begin_step, blend=blend, blend_start=settings.blend_start, perceptual=perceptual,
-            perceptual_mask=mask_fn, callback=host.StepReporter(model, inversion.steps),
+            on_step=controller.begin_step, blend=blend, blend_start=settings.blend_start,
+            perceptual=perceptual, perceptual_mask=mask_fn,
+            callback=host.StepReporter(model, inversion.steps),
         )
         result["source"] = h.process_latent_out(out.source).detach()
         mask = controller.blend_mask() if controller.blending else None
-        result["mask"] = (mask[:, 0] if mask is not None else torch.zeros(out.edit.shape[0], *latent_hw)).cpu()
+        if mask is None:
+            mask = torch.zeros(out.edit.shape[0], 1, *latent_hw)
+        result["mask"] = mask[:, 0].cpu()
         return out.edit
 
     zeros = torch.zeros(inversion.latent_shape)
-    edit = host.run_on_host(patched, conds, zeros, body, family=family, fallback="null", sigmas=inversion.sigmas,
-                            node=node)
+    edit = host.run_on_host(patched, conds, zeros, body, family=family, fallback="null",
+                            sigmas=inversion.sigmas, node=node)
     return edit, result["source"].cpu(), result["mask"]
 
 
@@ -100,10 +104,11 @@ def make_perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion
         return None
     missing = [name for name, p in parts.items() if p is None]
     if missing:
-        raise ValueError(f"{node}: perceptual guidance needs vae, reference and lpips; connect {', '.join(missing)} "
+        raise ValueError(f"{node}: perceptual guidance needs vae, reference and lpips; "
+                         f"connect {', '.join(missing)} "
                          "(or none of them, or set scale to 0).")
     settings = PerceptualSettings(scale=scale, start=0.0, end=1.0, every=1, through_model=False)
     validation.check_guidance_vae(guidance_vae, model, node)
     latent_hw = tuple(int(s) for s in inversion.latent_shape[-2:])
-    return build_perceptual(vae, reference, lpips, settings, None, model.model.process_latent_out, latent_hw, node,
-                            guidance_vae)
+    return build_perceptual(vae, reference, lpips, settings, None, model.model.process_latent_out, latent_hw,
+                            node, guidance_vae)

@@ -85,9 +85,11 @@ def build_perceptual(
     size = (reduced[0] * ratio, reduced[1] * ratio)
     if factor > 1 and min(size) < MIN_GUIDANCE_SIDE:
         fits = [name for name, f in GUIDANCE_RESOLUTIONS.items()
-                if f == 1 or min(host.reduced_size(latent_hw[0], latent_hw[1], f)) * ratio >= MIN_GUIDANCE_SIDE]
+                if f == 1
+                or min(host.reduced_size(latent_hw[0], latent_hw[1], f)) * ratio >= MIN_GUIDANCE_SIDE]
         raise ValueError(
-            f"{node}: guidance_resolution {settings.resolution} makes the guidance image {size[1]}x{size[0]} px; "
+            f"{node}: guidance_resolution {settings.resolution} makes the guidance image "
+            f"{size[1]}x{size[0]} px; "
             f"LPIPS needs at least {MIN_GUIDANCE_SIDE} px per side. Use {' or '.join(repr(f) for f in fits)} "
             "for an image this small."
         )
@@ -96,7 +98,8 @@ def build_perceptual(
     decode = host.DifferentiableDecoder(decoder_vae, process_latent_out, node, downscale=factor,
                                         name="vae" if guidance_vae is None else "guidance_vae",
                                         checkpoint=size[0] * size[1] > CHECKPOINT_ABOVE_PIXELS)
-    logger.debug("%s: perceptual guidance decodes through %s at %dx%d px", node, decode.kind, size[1], size[0])
+    logger.debug("%s: perceptual guidance decodes through %s at %dx%d px", node, decode.kind, size[1],
+                 size[0])
     ref = host.image_to_bchw(reference, node, "reference").to(decode.device)  # the core resizes it if needed
     mask_t = host.mask_to_b1hw(mask, *size)
     if mask_t is not None:
@@ -130,8 +133,8 @@ class PerceptualSampling:
 
     starts_from_latent = True  # read by the PSG guider: this sampler needs no noise_scaling'd start
 
-    def __init__(self, vae, reference, lpips, settings: PerceptualSettings, mask, inversion: PSGInversion | None,
-                 guidance_vae: Any, node: str):
+    def __init__(self, vae, reference, lpips, settings: PerceptualSettings, mask,
+                 inversion: PSGInversion | None, guidance_vae: Any, node: str):
         self.vae = vae
         self.guidance_vae = guidance_vae
         self.node = node
@@ -191,11 +194,13 @@ class PerceptualSampling:
         expected = inv.sigmas.flip(0).to(sigmas)
         if sigmas.shape != expected.shape or not torch.allclose(sigmas, expected, rtol=1e-3, atol=1e-5):
             raise ValueError(
-                f"{self.node}: the SIGMAS differ from the inversion's schedule ({inv.steps} steps, {inv.scheduler}); "
+                f"{self.node}: the SIGMAS differ from the inversion's schedule "
+                f"({inv.steps} steps, {inv.scheduler}); "
                 "use BasicScheduler with the same scheduler and steps and denoise 1.0."
             )
 
-    def _start_from_inversion(self, family: host.ModelFamily, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    def _start_from_inversion(self, family: host.ModelFamily, x: torch.Tensor,
+                              sigmas: torch.Tensor) -> torch.Tensor:
         """Start exactly at the inverted noise; the schedule must be the inversion's."""
         inv = self.inversion
         check_matches(inv, family.name, self.node, latent_shape=tuple(x.shape))

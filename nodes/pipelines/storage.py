@@ -68,11 +68,14 @@ def from_file(path: str, node: str) -> PSGInversion:
             meta = f.metadata() or {}
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{node}: {name} is not a readable safetensors file ({exc}); pick another file or save the inversion again.") from None
+        raise ValueError(f"{node}: {name} is not a readable safetensors file ({exc}); pick another file or "
+                         "save the inversion again.") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{node}: {name} is not a PSG inversion (no '{FORMAT}' metadata); save one with {SAVE_NODE}.")
+        raise ValueError(f"{node}: {name} is not a PSG inversion (no '{FORMAT}' metadata); "
+                         f"save one with {SAVE_NODE}.")
     if meta.get("version") != VERSION:
-        raise ValueError(f"{node}: {name} has format version {meta.get('version')!r}; this PSG reads version {VERSION}.")
+        raise ValueError(f"{node}: {name} has format version {meta.get('version')!r}; "
+                         f"this PSG reads version {VERSION}.")
     try:
         steps = int(meta["steps"])
         shape = tuple(int(s) for s in json.loads(meta["latent_shape"]))
@@ -101,5 +104,6 @@ def from_file(path: str, node: str) -> PSGInversion:
             offsets=tuple(tensors["offsets"]) if "offsets" in tensors else None,
         )
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{node}: {name} is damaged or inconsistent ({exc}); save the inversion again.") from None
+        raise ValueError(f"{node}: {name} is damaged or inconsistent ({exc}); "
+                         "save the inversion again.") from None
 
