@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ...psg_core.ddim import Trajectory, ddim_invert
 from .. import host, validation
 from ..psg_types import TEXT_MODE_NAMES, PSGInversion, TextMode, check_matches
 
@@ -35,7 +36,6 @@ def invert(
     """Run ``psg_core.ddim_invert`` on the host model; shared by the inversion and edit nodes.
 
     Returns the inversion and the inverted noise as an (outer-space) LATENT sample tensor."""
-    from ...psg_core.ddim import ddim_invert
     family = host.detect_family(model, node)
     sigmas = host.inversion_sigmas(model, scheduler, steps, node)
     use_cfg = null is not None and abs(cfg - 1.0) > 1e-8
@@ -68,19 +68,17 @@ def invert(
                              node=node)
     inv = PSGInversion(
         family=family.name,
-        space=family.space.name,
         scheduler=scheduler,
-        sigmas=sigmas,
-        latents=result["latents"],
+        trajectory=Trajectory(sigmas=sigmas, latents=result["latents"], space=family.space),
         inversion_cfg=float(cfg) if use_cfg else 1.0,
     )
     return inv, noise
 
 
-def trajectory_on(inv: PSGInversion, device: torch.device, space: Any) -> Any:
-    from ...psg_core.ddim import Trajectory
-
-    return Trajectory(sigmas=inv.sigmas.to(device), latents=inv.latents.to(device), space=space)
+def trajectory_on(inv: PSGInversion, device: torch.device) -> Trajectory:
+    """The inversion's trajectory on ``device``, for the core's optimisers."""
+    traj = inv.trajectory
+    return Trajectory(sigmas=traj.sigmas.to(device), latents=traj.latents.to(device), space=traj.space)
 
 
 def optimise_text(
@@ -105,7 +103,7 @@ def optimise_text(
     result: dict[str, Any] = {"nulls": None, "offsets": None}
 
     def body(h: host.HostModel) -> torch.Tensor:
-        traj = trajectory_on(inv, h.device, family.space)
+        traj = trajectory_on(inv, h.device)
         src, nul = h.bank.embeddings["source"], h.bank.embeddings["null"]
         report = host.StepReporter(model, inv.steps)
         if mode is TextMode.NULL_TEXT:

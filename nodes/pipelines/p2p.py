@@ -65,7 +65,7 @@ def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, ed
         guidance = TextGuidance(bank["null"], bank["source"], bank["edit"], float(w_source), float(w_edit))
         nulls = offsets = None
         if inversion.mode == TextMode.NEGATIVE_PROMPT:
-            nulls = negative_prompt_nulls(trajectory_on(inversion, h.device, family.space), bank["source"])
+            nulls = negative_prompt_nulls(trajectory_on(inversion, h.device), bank["source"])
         elif inversion.nulls is not None:
             nulls = [n.to(h.device) for n in inversion.nulls]
         if inversion.offsets is not None:

@@ -10,6 +10,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ...psg_core.ddim import Trajectory
+from ...psg_core.spaces import NoiseSpace
 from ..host.folders import register_model_folder
 from ..psg_types import PSGInversion
 
@@ -41,7 +43,7 @@ def to_file(inv: PSGInversion, path: str) -> None:
         "format": FORMAT,
         "version": VERSION,
         "family": inv.family,
-        "space": inv.space,
+        "space": inv.trajectory.space.name,
         "scheduler": inv.scheduler,
         "steps": str(inv.steps),
         "latent_shape": json.dumps(list(inv.latent_shape)),
@@ -93,10 +95,9 @@ def from_file(path: str, node: str) -> PSGInversion:
         guidance = meta.get("guidance_scale") or None
         return PSGInversion(
             family=meta["family"],
-            space=meta["space"],
             scheduler=meta["scheduler"],
-            sigmas=sigmas.float(),
-            latents=latents.float(),
+            trajectory=Trajectory(sigmas=sigmas.float(), latents=latents.float(),
+                                  space=NoiseSpace[meta["space"]]),
             inversion_cfg=float(meta.get("inversion_cfg", "1.0")),
             mode=meta.get("mode") or None,
             guidance_scale=float(guidance) if guidance is not None else None,
