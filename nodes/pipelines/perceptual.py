@@ -11,7 +11,7 @@ from typing import Any
 import comfy.samplers
 import torch
 
-from ...psg_core.perceptual import PerceptualGuidance
+from ...psg_core.perceptual import PerceptualGuidance, window_problem
 from .. import host, validation
 from ..psg_types import PSGInversion, check_matches
 from .guider import PSGTripleGuider
@@ -55,10 +55,9 @@ class PerceptualSettings:
         if self.resolution not in GUIDANCE_RESOLUTIONS:
             raise ValueError(f"{node}: guidance_resolution must be one of {', '.join(GUIDANCE_RESOLUTIONS)} "
                              f"(got {self.resolution!r}).")
-        if not 0.0 <= self.start <= self.end <= 1.0:
-            raise ValueError(f"{node}: need 0 <= start <= end <= 1 (got start {self.start}, end {self.end}).")
-        if self.every < 1:
-            raise ValueError(f"{node}: 'every' must be at least 1 (got {self.every}).")
+        problem = window_problem(self.start, self.end, self.every)
+        if problem:
+            raise ValueError(f"{node}: {problem}.")
 
 
 def build_perceptual(
