@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PSG GPU check (issue 8, Deliver 3): a random-weight full-size SD1.5 built from ComfyUI's own
+# PSG GPU check: a random-weight full-size SD1.5 built from ComfyUI's own
 # classes on CUDA; a 512 px, 50-step edit timed per phase (encode, inversion, null-text
 # optimisation, LPIPS-guided sampling, decode) with peak GPU memory, then the sampling variants
 # (no guidance, TAESD, half resolution, checkpointed decode) and the fast text modes.

@@ -1,56 +1,18 @@
-"""One-node edit: inversion -> text optimisation -> the guider + sampler of the advanced graph -> decode;
-the first two are reused from memory when only sampling knobs change."""
+"""One-node edit: inversion -> text optimisation -> the guider + sampler of the advanced graph -> decode."""
 
 from __future__ import annotations
 
-import logging
-
-import comfy.model_management
-import latent_preview
-import torch
 from comfy_api.latest import io
 
 from ..psg_core.perceptual import DEFAULT_SCALE
 from . import host, validation
-from .guider_nodes import make_guider
-from .inversion_cache import INVERSIONS, fingerprint
-from .inversion_nodes import invert, optimise_text
-from .psg_types import TEXT_MODES, PSGLpipsType
-from .sampler_nodes import (
-    GUIDANCE_RESOLUTION_TOOLTIP,
-    GUIDANCE_RESOLUTIONS,
-    GUIDANCE_VAE_TOOLTIP,
-    PerceptualSettings,
-    make_sampler,
-)
-
-logger = logging.getLogger(__name__)
+from .pipelines.edit import NO_OPTIMISATION
+from .pipelines.edit import edit as run_edit
+from .pipelines.perceptual import GUIDANCE_RESOLUTIONS, PerceptualSettings
+from .psg_types import TEXT_MODE_NAMES, PSGLpipsType, TextMode
+from .tooltips import GUIDANCE_RESOLUTION_TOOLTIP, GUIDANCE_VAE_TOOLTIP
 
 NODE = "PSG Edit"
-NO_OPTIMISATION = "none"
-NEEDS_SCALE = (TEXT_MODES[0], TEXT_MODES[2])
-"""Text modes fitted at a guidance scale (null-text optimisation, direct offsets): a new
-w_source + w_edit means fitting again; negative-prompt nulls do not depend on it."""
-
-
-def show_phase(node_id: str | None, text: str) -> None:
-    """The phase a long run is in, as text on the node (the progress bar restarts per phase)."""
-    logger.info("%s: %s", NODE, text)
-    if not node_id:
-        return
-    try:
-        from server import PromptServer
-
-        PromptServer.instance.send_progress_text(text, node_id)
-    except (ImportError, AttributeError):  # no server (scripts, some tests): the log line is enough
-        pass
-
-
-def encode(vae, image: torch.Tensor) -> torch.Tensor:
-    """Like VAEEncode: IMAGE (B, H, W, C) -> LATENT samples."""
-    host.image_to_bchw(image, NODE)
-    validation.check_image_size(image, NODE)
-    return vae.encode(image[:, :, :, :3])
 
 
 class PSGEdit(io.ComfyNode):
@@ -81,7 +43,7 @@ class PSGEdit(io.ComfyNode):
                 io.Combo.Input("scheduler", options=host.SCHEDULERS, default=host.DEFAULT_SCHEDULER, tooltip="Sigma schedule for inversion and sampling; 'simple' matches DDIM."),
                 io.Float.Input("w_source", default=0.0, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (source - null). 0 = plain CFG on the edit prompt."),
                 io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (edit - null), the CFG scale; 0 reconstructs the photo. 5-10 typical."),
-                io.Combo.Input("text_optimisation", options=[*TEXT_MODES, NO_OPTIMISATION], default=TEXT_MODES[0], tooltip="How to keep the unedited content: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast), none. Fitted at scale w_source + w_edit."),
+                io.Combo.Input("text_optimisation", options=[*TEXT_MODE_NAMES, NO_OPTIMISATION], default=TextMode.NULL_TEXT.value, tooltip="How to keep the unedited content: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast), none. Fitted at scale w_source + w_edit."),
                 io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text: the budget per step, as in prompt-to-prompt: 10 = at most 12 model calls (the default schedule usually stops after 3-4)."),
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, tooltip="Perceptual (LPIPS) guidance strength; 0 turns it off. 0.5-2 typical; higher keeps more of the photo."),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance starts."),
@@ -121,53 +83,9 @@ class PSGEdit(io.ComfyNode):
         settings.validate(NODE)
         validation.check_guidance_vae(guidance_vae, model, NODE)  # before the slow inversion
         validation.check_mask_batch(mask, image.shape[0], NODE)
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        samples = encode(vae, image)
-        inv = cls.inversion(model, samples, source, null, steps, scheduler, w_source + w_edit,
-                            text_optimisation, inner_steps, node_id)
-        guider = make_guider(model, null, source, edit, w_source, w_edit, inv, node=NODE)
-        sampler = make_sampler(vae, image, lpips, settings, mask, inv, guidance_vae, node=NODE)
-        sigmas = inv.sigmas.flip(0).clone()
-        start_latent = model.model.process_latent_out(inv.noise.clone())
-        show_phase(node_id, f"sampling ({steps} steps)")
-        callback = latent_preview.prepare_callback(model, steps)
-        out = guider.sample(torch.zeros_like(start_latent), start_latent, sampler, sigmas,
-                            callback=callback, disable_pbar=True, seed=0)  # no noise is added
-        losses = list(sampler.sampler_function.losses)
-        out = out.to(comfy.model_management.intermediate_device())
-        show_phase(node_id, "decoding")
-        decoded = vae.decode(out)
-        comfy.model_management.throw_exception_if_processing_interrupted()  # cancelled while decoding
-        if decoded.ndim == 5:  # video VAEs return (B, T, H, W, C)
-            decoded = decoded.reshape(-1, *decoded.shape[-3:])
-        show_phase(node_id, "done")
-        return io.NodeOutput(decoded, {"samples": out}, losses or [0.0])
-
-    @staticmethod
-    def inversion(model, samples, source, null, steps, scheduler, guidance_scale, text_optimisation,
-                  inner_steps, node_id):
-        """Inversion and text optimisation, each taken from memory when its inputs are unchanged."""
-        owner = model.model
-        model_key = fingerprint(getattr(model, "patches_uuid", None), model.model_options)
-        inv_key = fingerprint("inversion", model_key, samples, source, steps, scheduler)
-        text_key = fingerprint("text", inv_key, null, text_optimisation, inner_steps,
-                               guidance_scale if text_optimisation in NEEDS_SCALE else None)
-        final = INVERSIONS.get(text_key, owner)
-        if final is not None:
-            show_phase(node_id, "reusing the inversion and text optimisation from the last run")
-            return final
-        inv = INVERSIONS.get(inv_key, owner)
-        if inv is None:
-            show_phase(node_id, f"DDIM inversion ({steps} steps)")
-            inv, _ = invert(model, samples, source, steps=steps, scheduler=scheduler, cfg=1.0, null=None,
-                            node=NODE)
-            INVERSIONS.put(inv_key, owner, inv)
-        else:
-            show_phase(node_id, "reusing the DDIM inversion from the last run")
-        if text_optimisation != NO_OPTIMISATION:
-            show_phase(node_id, f"text optimisation: {text_optimisation} ({steps} steps)")
-            inv = optimise_text(model, inv, source, null, mode=text_optimisation,
-                                guidance_scale=guidance_scale, inner_steps=inner_steps, tolerance=None,
-                                node=NODE)
-        INVERSIONS.put(text_key, owner, inv)
-        return inv
+        decoded, latent, losses = run_edit(
+            model, vae, image, null, source, edit, lpips, steps=steps, scheduler=scheduler, w_source=w_source,
+            w_edit=w_edit, text_optimisation=text_optimisation, inner_steps=inner_steps, settings=settings,
+            mask=mask, guidance_vae=guidance_vae, node=NODE,
+            node_id=cls.hidden.unique_id if cls.hidden is not None else None)
+        return io.NodeOutput(decoded, {"samples": latent}, losses or [0.0])

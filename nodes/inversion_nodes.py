@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import torch
 from comfy_api.latest import io
 
 from . import host, validation
-from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, check_matches
+from .pipelines.inversion import invert, latent_samples, optimise_text
+from .psg_types import TEXT_MODE_NAMES, PSGInversionType, TextMode
 
 logger = logging.getLogger(__name__)
 
@@ -20,133 +19,6 @@ REFINE_TOOLTIP = (
     "standard one-pass inversion. Measured on an exact test model with ComfyUI's SD1.5 / SD3 50-step "
     "schedules, k = 2 cuts the round-trip error 16x / 59x, leaving null-text or offsets less to correct."
 )
-
-
-def latent_samples(latent: Any, node: str) -> torch.Tensor:
-    """The sample tensor of a LATENT, with a clear error for anything else."""
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    if not torch.is_tensor(samples) or samples.ndim != 4:
-        raise ValueError(f"{node}: the 'latent' input must be an image LATENT (e.g. from VAE Encode).")
-    validation.check_finite(samples, "latent", node)
-    return samples
-
-
-def invert(
-    model: Any,
-    samples: torch.Tensor,
-    source: Any,
-    *,
-    steps: int,
-    scheduler: str,
-    cfg: float,
-    null: Any | None,
-    node: str,
-    fixed_point_iters: int = 0,
-) -> tuple[PSGInversion, torch.Tensor]:
-    """Run ``psg_core.ddim_invert`` on the host model; shared by the inversion and edit nodes.
-
-    Returns the inversion and the inverted noise as an (outer-space) LATENT sample tensor."""
-    from ..psg_core.ddim import ddim_invert
-    family = host.detect_family(model, node)
-    sigmas = host.inversion_sigmas(model, scheduler, steps, node)
-    use_cfg = null is not None and abs(cfg - 1.0) > 1e-8
-    if abs(cfg - 1.0) > 1e-8 and null is None:
-        raise ValueError(f"{node}: inversion cfg {cfg} needs the optional 'null' conditioning; connect it or set cfg to 1.")
-    conds = {"source": source}
-    if use_cfg:
-        conds["null"] = null
-    result: dict[str, Any] = {}
-
-    def body(h: host.HostModel) -> torch.Tensor:
-        report = host.StepReporter(model, steps)
-        traj = ddim_invert(
-            h.denoise,
-            h.latent,
-            sigmas.to(h.device),
-            h.bank.embeddings["source"],
-            space=family.space,
-            null=h.bank.embeddings["null"] if use_cfg else None,
-            guidance_scale=float(cfg) if use_cfg else 1.0,
-            fixed_point_iters=int(fixed_point_iters),
-            callback=report,
-        )
-        latents = traj.latents if torch.is_tensor(traj.latents) else torch.stack(list(traj.latents))
-        result["latents"] = latents.detach().to("cpu", torch.float32)
-        return latents[-1].detach()
-
-    noise = host.run_on_host(model, conds, samples, body, family=family, fallback="source", sigmas=sigmas, node=node)
-    inv = PSGInversion(
-        family=family.name,
-        space=family.space.name,
-        scheduler=scheduler,
-        sigmas=sigmas,
-        latents=result["latents"],
-        inversion_cfg=float(cfg) if use_cfg else 1.0,
-    )
-    return inv, noise
-
-
-def trajectory_on(inv: PSGInversion, device: torch.device, space: Any) -> Any:
-    from ..psg_core.ddim import Trajectory
-
-    return Trajectory(sigmas=inv.sigmas.to(device), latents=inv.latents.to(device), space=space)
-
-
-def optimise_text(
-    model: Any,
-    inv: PSGInversion,
-    source: Any,
-    null: Any,
-    *,
-    mode: str,
-    guidance_scale: float,
-    inner_steps: int,
-    tolerance: float | None,
-    node: str,
-    schedule: str = "secant",
-) -> PSGInversion:
-    """Per-step nulls (null-text / negative prompt) or latent offsets (direct inversion).
-
-    ``tolerance`` is the secant schedule's stop (None: the core's default); the reference schedule
-    always uses prompt-to-prompt's own thresholds."""
-    from ..psg_core.null_text import (
-        NullTextSchedule,
-        direct_inversion_offsets,
-        negative_prompt_nulls,
-        optimize_null_text,
-    )
-    if schedule not in {s.value for s in NullTextSchedule}:
-        raise ValueError(f"{node}: unknown schedule {schedule!r}; pick one of "
-                         f"{', '.join(s.value for s in NullTextSchedule)}.")
-    fit = NullTextSchedule(schedule)
-    family = host.detect_family(model, node)
-    check_matches(inv, family.name, node)
-    if mode not in TEXT_MODES:
-        raise ValueError(f"{node}: unknown mode {mode!r}; pick one of {', '.join(TEXT_MODES)}.")
-    result: dict[str, Any] = {"nulls": None, "offsets": None}
-
-    def body(h: host.HostModel) -> torch.Tensor:
-        traj = trajectory_on(inv, h.device, family.space)
-        src, nul = h.bank.embeddings["source"], h.bank.embeddings["null"]
-        report = host.StepReporter(model, inv.steps)
-        if mode == TEXT_MODES[0]:
-            h.enable_model_gradients()
-            with torch.enable_grad():
-                result["nulls"] = optimize_null_text(
-                    h.denoise, traj, src, nul, guidance_scale=guidance_scale, inner_steps=inner_steps,
-                    tol=tolerance if fit is NullTextSchedule.SECANT else None, callback=report, schedule=fit,
-                )
-        elif mode == TEXT_MODES[1]:
-            result["nulls"] = negative_prompt_nulls(traj, src)
-        else:
-            result["offsets"] = direct_inversion_offsets(h.denoise, traj, src, nul, guidance_scale=guidance_scale,
-                                                         callback=report)
-        return h.latent
-
-    zeros = torch.zeros(inv.latent_shape)
-    host.run_on_host(model, {"source": source, "null": null}, zeros, body, family=family, fallback="null",
-                     sigmas=inv.sigmas, node=node)
-    return inv.with_text_guidance(mode, guidance_scale, result["nulls"], result["offsets"])
 
 
 class PSGDDIMInversion(io.ComfyNode):
@@ -216,7 +88,7 @@ class PSGTextGuidanceOptimize(io.ComfyNode):
                 PSGInversionType.Input("inversion", tooltip="The output of PSG DDIM Inversion."),
                 io.Conditioning.Input("source", tooltip="The source prompt used for the inversion."),
                 io.Conditioning.Input("null", tooltip="The null (empty) prompt, the starting point of the optimisation."),
-                io.Combo.Input("mode", options=list(TEXT_MODES), default=TEXT_MODES[0], tooltip="null-text optimisation (best), negative-prompt (free) or direct offsets (fast)."),
+                io.Combo.Input("mode", options=TEXT_MODE_NAMES, default=TextMode.NULL_TEXT.value, tooltip="null-text optimisation (best), negative-prompt (free) or direct offsets (fast)."),
                 io.Float.Input("guidance_scale", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The CFG scale sampling will use on the source prompt; 7.5 as in the paper."),
                 io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text only. The budget per step, as in prompt-to-prompt: 10 = at most 12 model calls (1 source + 10 Adam steps + 1 final for the reference schedule; the secant default usually stops after 3-4)."),
                 io.Float.Input("tolerance", default=1e-4, min=0.0, max=1.0, step=1e-5, round=1e-7, tooltip="Null-text, secant schedule: stop a step once its landing error is below this fraction of the latent's size (1e-4). The reference schedule uses prompt-to-prompt's own thresholds."),

@@ -1,74 +1,13 @@
-"""LPIPS loader (issue 5, Deliver 1): weights from ComfyUI's ``models/lpips`` folder, offline."""
+"""LPIPS loader node: weights from ComfyUI's ``models/lpips`` folder, offline."""
 
 from __future__ import annotations
 
-import copy
-import logging
-import os
-
-import folder_paths
-import torch
 from comfy_api.latest import io
 
+from .pipelines.lpips import NETS, NODE, load
 from .psg_types import PSGLpipsType
 
-logger = logging.getLogger(__name__)
-
-NODE = "PSG LPIPS Loader"
-FOLDER = "lpips"
-NETS = ("alex", "vgg", "squeeze")
-
-
-def register_folder() -> None:
-    """``models/lpips`` as a ComfyUI model folder, so extra_model_paths.yaml can add more."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths, exts = folder_paths.folder_names_and_paths[FOLDER]
-        if default not in paths:
-            paths.append(default)
-        return
-    folder_paths.folder_names_and_paths[FOLDER] = ([default], set(folder_paths.supported_pt_extensions))
-
-
-register_folder()
-
-
-class LpipsHandle:
-    """The PSG_LPIPS value: a CPU LPIPS network (normal tensors, eval, frozen) plus its name.
-
-    ``on(device)`` gives a private copy for one run, so the shared node output is never moved
-    and nothing stays on the GPU between queued runs."""
-
-    def __init__(self, net: str, module: torch.nn.Module) -> None:
-        self.net = net
-        self.module = module
-
-    def on(self, device: torch.device) -> torch.nn.Module:
-        with torch.inference_mode(False), torch.no_grad():
-            clone = copy.deepcopy(self.module).to(device, torch.float32).eval()
-        clone.requires_grad_(False)
-        return clone
-
-    def __repr__(self) -> str:
-        return f"LpipsHandle({self.net})"
-
-
-def load(net: str) -> LpipsHandle:
-    from ..psg_core.lpips_weights import load_lpips
-
-    if net not in NETS:
-        raise ValueError(f"{NODE}: unknown network {net!r}; pick one of {', '.join(NETS)}.")
-    dirs = [d for d in folder_paths.get_folder_paths(FOLDER)]
-    try:
-        with torch.inference_mode(False):
-            module = load_lpips(net, dirs, allow_download=False)
-    except (FileNotFoundError, RuntimeError, OSError, ValueError) as exc:
-        raise RuntimeError(f"{NODE}: {exc}") from None
-    with torch.inference_mode(False):
-        module = module.to("cpu", torch.float32).eval()
-        module.requires_grad_(False)
-    logger.info("%s: loaded LPIPS-%s", NODE, net)
-    return LpipsHandle(net, module)
+__all__ = ["PSGLPIPSLoader", "load"]
 
 
 class PSGLPIPSLoader(io.ComfyNode):

@@ -1,4 +1,4 @@
-"""Metric and picture nodes (issue 7): image metrics, CLIPScore, comparison grid, loss plot.
+"""Metric and picture nodes: image metrics, CLIPScore, comparison grid, loss plot.
 
 The math lives in ``psg_core.metrics`` / ``clip_score`` / ``plots``; here are schemas, model
 folders and the IMAGE/MASK layout conversions.
@@ -20,6 +20,7 @@ from comfy_api.latest import io
 from ..psg_core import metrics as M
 from ..psg_core import plots
 from . import host, validation
+from .host.folders import register_model_folder
 from .psg_types import PSGLossesType, PSGLpipsType
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,7 @@ def register_folders() -> None:
     """``models/clip_score`` and ``models/dino`` (transformers model directories) as ComfyUI model
     folders, so extra_model_paths.yaml can point them elsewhere."""
     for name in (CLIP_FOLDER, DINO_FOLDER):
-        default = os.path.join(folder_paths.models_dir, name)
-        if name in folder_paths.folder_names_and_paths:
-            paths = folder_paths.folder_names_and_paths[name][0]
-            if default not in paths:
-                paths.append(default)
-        else:
-            folder_paths.folder_names_and_paths[name] = ([default], set())
+        register_model_folder(name)
 
 
 register_folders()

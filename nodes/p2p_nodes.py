@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 import torch
 from comfy_api.latest import io
 
@@ -16,89 +13,15 @@ from ..psg_core.attention_control import (
     P2PMode,
 )
 from ..psg_core.perceptual import DEFAULT_SCALE
-from . import host, validation
-from .attention_patches import (
-    SELF_LAYERS,
-    AttentionController,
-    P2PSettings,
-    branch_denoiser,
-    check_unet,
-    make_plan,
-    patched_clone,
-)
-from .inversion_nodes import trajectory_on
-from .psg_types import TEXT_MODES, PSGInversion, PSGInversionType, PSGLpipsType, check_matches
+from .attention_patches import SELF_LAYERS, P2PSettings
+from .pipelines.p2p import NODE, SETTINGS_NODE, MaskUse, make_perceptual, run_p2p
+from .psg_types import PSGInversionType, PSGLpipsType
 
-logger = logging.getLogger(__name__)
+__all__ = ["NODES", "make_perceptual", "run_p2p"]
 
-SETTINGS_NODE = "PSG Prompt-to-Prompt"
-NODE = "PSG P2P Sampler"
 PSGP2PType = io.Custom("PSG_P2P")
-MASK_USES = ("attention mask", "whole image")
-"""What the perceptual guidance pulls back to the photo: outside the attention mask, or everything."""
 LATENT_TO_PIXELS = 8
 """SD1.x / SD2.x / SDXL VAEs: one latent pixel is 8x8 image pixels (the MASK output's size)."""
-
-
-def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, edit_text: str, settings: P2PSettings,
-            w_source: float, w_edit: float, *, perceptual: Any = None, mask_use: str = MASK_USES[0],
-            observers: list | None = None, node: str = NODE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Two-branch prompt-to-prompt sampling from ``inversion`` on a patched clone of ``model``.
-
-    Returns the edit LATENT samples, the source-branch LATENT samples and the edited-region mask
-    (latent size, [B, H, W]; zeros when no blend words are given)."""
-    from ..psg_core.guidance import TextGuidance
-    from ..psg_core.null_text import negative_prompt_nulls
-    from ..psg_core.two_branch import two_branch_sample
-
-    settings.validate(node)
-    family = host.detect_family(model, node)
-    blocks = check_unet(model, family, node)
-    check_matches(inversion, family.name, node)
-    if w_edit == 0:
-        raise ValueError(f"{node}: w_edit is 0, so there is nothing to edit; set w_edit (e.g. 7.5).")
-    plan = make_plan(clip, source_text, edit_text, settings, node)  # logs a word swap's fallback to refine
-    latent_hw = tuple(int(s) for s in inversion.latent_shape[-2:])
-    controller = AttentionController(plan, latent_hw, observers=list(observers or []))
-    patched = patched_clone(model, controller, blocks)
-    conds = {name: clip.encode_from_tokens_scheduled(clip.tokenize(text))
-             for name, text in (("null", ""), ("source", source_text), ("edit", edit_text))}
-    source_scale = inversion.guidance_scale if inversion.guidance_scale is not None else w_source + w_edit
-    sigmas = inversion.sigmas.flip(0).clone()
-    result: dict[str, Any] = {}
-
-    def body(h: host.HostModel) -> torch.Tensor:
-        bank = h.bank.embeddings
-        guidance = TextGuidance(bank["null"], bank["source"], bank["edit"], float(w_source), float(w_edit))
-        nulls = offsets = None
-        if inversion.mode == TEXT_MODES[1]:
-            nulls = negative_prompt_nulls(trajectory_on(inversion, h.device, family.space), bank["source"])
-        elif inversion.nulls is not None:
-            nulls = [n.to(h.device) for n in inversion.nulls]
-        if inversion.offsets is not None:
-            offsets = [o.to(h.device) for o in inversion.offsets]
-        blend = controller.blend_mask if controller.blending else None
-        mask_fn = None
-        if perceptual is not None and mask_use == MASK_USES[0]:
-            if not controller.blending:
-                raise ValueError(f"{node}: perceptual guidance with the attention mask needs blend_words in "
-                                 f"{SETTINGS_NODE}; or set perceptual_mask to 'whole image'.")
-            mask_fn = controller.blend_mask
-        out = two_branch_sample(
-            branch_denoiser(h, controller), inversion.noise.to(h.device), sigmas.to(h.device), guidance,
-            source_scale=float(source_scale), space=family.space, nulls=nulls, offsets=offsets,
-            on_step=controller.begin_step, blend=blend, blend_start=settings.blend_start, perceptual=perceptual,
-            perceptual_mask=mask_fn, callback=host.StepReporter(model, inversion.steps),
-        )
-        result["source"] = h.process_latent_out(out.source).detach()
-        mask = controller.blend_mask() if controller.blending else None
-        result["mask"] = (mask[:, 0] if mask is not None else torch.zeros(out.edit.shape[0], *latent_hw)).cpu()
-        return out.edit
-
-    zeros = torch.zeros(inversion.latent_shape)
-    edit = host.run_on_host(patched, conds, zeros, body, family=family, fallback="null", sigmas=inversion.sigmas,
-                            node=node)
-    return edit, result["source"].cpu(), result["mask"]
 
 
 class PSGTextEncode(io.ComfyNode):
@@ -196,7 +119,7 @@ class PSGP2PSampler(io.ComfyNode):
                 io.Image.Input("reference", optional=True, tooltip="Optional, for perceptual guidance: the photo the edit should stay close to."),
                 PSGLpipsType.Input("lpips", optional=True, tooltip="Optional, for perceptual guidance: from PSG LPIPS Loader."),
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, optional=True, tooltip="Perceptual guidance strength on the edit branch (used when vae, reference and lpips are connected); 0 turns it off."),
-                io.Combo.Input("perceptual_mask", options=list(MASK_USES), default=MASK_USES[0], optional=True, tooltip="attention mask: LPIPS pulls only outside the blend words' region (needs blend_words); whole image: everywhere."),
+                io.Combo.Input("perceptual_mask", options=[m.value for m in MaskUse], default=MaskUse.ATTENTION_MASK.value, optional=True, tooltip="attention mask: LPIPS pulls only outside the blend words' region (needs blend_words); whole image: everywhere."),
                 io.Vae.Input("guidance_vae", optional=True, tooltip="Optional: a small VAE (Load VAE -> taesd / taesdxl) used only for the LPIPS gradient."),
             ],
             outputs=[
@@ -208,33 +131,15 @@ class PSGP2PSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, inversion, source_text, edit_text, p2p, w_source, w_edit, vae=None, reference=None,
-                lpips=None, scale=DEFAULT_SCALE, perceptual_mask=MASK_USES[0], guidance_vae=None) -> io.NodeOutput:
+                lpips=None, scale=DEFAULT_SCALE, perceptual_mask=MaskUse.ATTENTION_MASK.value, guidance_vae=None) -> io.NodeOutput:
         if not isinstance(p2p, P2PSettings):
             raise ValueError(f"{NODE}: the 'p2p' input must come from the {SETTINGS_NODE} node.")
         perceptual = make_perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion)
         edit, source, mask = run_p2p(model, clip, inversion, source_text, edit_text, p2p, w_source, w_edit,
-                                     perceptual=perceptual, mask_use=perceptual_mask or MASK_USES[0])
+                                     perceptual=perceptual, mask_use=perceptual_mask or MaskUse.ATTENTION_MASK)
         mask_image = torch.nn.functional.interpolate(mask[:, None].float(), scale_factor=LATENT_TO_PIXELS,
                                                      mode="nearest")[:, 0]
         return io.NodeOutput({"samples": edit}, mask_image, {"samples": source})
-
-
-def make_perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion) -> Any:
-    """The edit branch's PerceptualGuidance, or None when its inputs are not all connected."""
-    parts = {"vae": vae, "reference": reference, "lpips": lpips}
-    if all(p is None for p in parts.values()) or not scale:
-        return None
-    missing = [name for name, p in parts.items() if p is None]
-    if missing:
-        raise ValueError(f"{NODE}: perceptual guidance needs vae, reference and lpips; connect {', '.join(missing)} "
-                         "(or none of them, or set scale to 0).")
-    from .sampler_nodes import PerceptualSettings, build_perceptual
-
-    settings = PerceptualSettings(scale=scale, start=0.0, end=1.0, every=1, through_model=False)
-    validation.check_guidance_vae(guidance_vae, model, NODE)
-    latent_hw = tuple(int(s) for s in inversion.latent_shape[-2:])
-    return build_perceptual(vae, reference, lpips, settings, None, model.model.process_latent_out, latent_hw, NODE,
-                            guidance_vae)
 
 
 NODES = [PSGTextEncode, PSGPromptToPrompt, PSGP2PSampler]

@@ -2,43 +2,68 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from enum import Enum
 
 import torch
 from comfy_api.latest import io
+
+from ..psg_core.ddim import Trajectory
 
 PSGInversionType = io.Custom("PSG_INVERSION")
 PSGLpipsType = io.Custom("PSG_LPIPS")
 PSGLossesType = io.Custom("PSG_LOSSES")
 """Per-step guidance losses: a list of floats (or {name: [floats]}); plotted by PSG Loss Plot."""
 
-TEXT_MODES = ("null-text optimisation", "negative-prompt", "direct offsets")
+
+
+class TextMode(str, Enum):
+    """How text guidance is made to retrace the inversion (stored in ``PSGInversion.mode`` by value)."""
+
+    NULL_TEXT = "null-text optimisation"  # one optimised null embedding per step (Mokady et al.)
+    NEGATIVE_PROMPT = "negative-prompt"  # the source prompt as the null: free
+    DIRECT_OFFSETS = "direct offsets"  # the per-step latent drift, added back while sampling
+
+    @property
+    def needs_scale(self) -> bool:
+        """Fitted at a guidance scale: sampling at another w_source + w_edit means fitting again."""
+        return self is not TextMode.NEGATIVE_PROMPT
+
+
+TEXT_MODE_NAMES: list[str] = [m.value for m in TextMode]
 
 
 @dataclass(frozen=True)
 class PSGInversion:
-    """A DDIM inversion trajectory in the model's latent space (process_latent_in'd), on the CPU.
+    """A core ``Trajectory`` in the model's latent space (process_latent_in'd), on the CPU, with what
+    it was made with and the text guidance fitted to it.
 
-    ``latents[i]`` lies at ``sigmas[i]`` (ascending, ``sigmas[0] == 0``); ``latents[-1]`` is the
-    inverted noise. ``nulls[j]`` / ``offsets[j]`` belong to reverse step j (j = 0 starts at the
-    noisiest latent), as returned by the core's optimisers.
+    ``nulls[j]`` / ``offsets[j]`` belong to reverse step j (j = 0 starts at the noisiest latent), as
+    returned by the core's optimisers; ``family`` is checked against the model it is used with.
     """
 
     family: str
-    space: str
     scheduler: str
-    sigmas: torch.Tensor
-    latents: torch.Tensor  # (steps + 1, B, C, H, W)
+    trajectory: Trajectory
     inversion_cfg: float = 1.0
     mode: str | None = None
     guidance_scale: float | None = None
     nulls: tuple[torch.Tensor, ...] | None = None
     offsets: tuple[torch.Tensor, ...] | None = None
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """Ascending, ``sigmas[0] == 0``."""
+        return self.trajectory.sigmas
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """(steps + 1, B, C, H, W); ``latents[i]`` lies at ``sigmas[i]``."""
+        return self.trajectory.latents
 
     @property
     def steps(self) -> int:
-        return int(self.sigmas.shape[0]) - 1
+        return self.trajectory.steps
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -46,7 +71,7 @@ class PSGInversion:
 
     @property
     def noise(self) -> torch.Tensor:
-        return self.latents[-1]
+        return self.trajectory.noise
 
     def with_text_guidance(self, mode: str, guidance_scale: float, nulls, offsets) -> PSGInversion:
         return replace(

@@ -1,115 +1,21 @@
-"""Save / load inversions as safetensors (issue 5, Deliver 7), so re-edits skip the inversion."""
+"""Save / load inversion nodes: safetensors files, so re-edits skip the inversion."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import folder_paths
-import torch
 from comfy_api.latest import io
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from . import host
+from .pipelines.inversion import latent_samples
+from .pipelines.storage import FOLDER, SAVE_NODE, from_file, output_folder, register_folder, to_file
 from .psg_types import PSGInversion, PSGInversionType, check_matches
 
 logger = logging.getLogger(__name__)
 
-FOLDER = "psg_inversions"
-FORMAT = "psg_inversion"
-VERSION = "1"
-SAVE_NODE = "PSG Save Inversion"
 LOAD_NODE = "PSG Load Inversion"
-
-
-def output_folder() -> str:
-    return os.path.join(folder_paths.get_output_directory(), FOLDER)
-
-
-def register_folder() -> None:
-    """``models/psg_inversions`` and ``output/psg_inversions`` (where the save node writes)."""
-    for path in (os.path.join(folder_paths.models_dir, FOLDER), output_folder()):
-        folder_paths.add_model_folder_path(FOLDER, path)
-    paths, exts = folder_paths.folder_names_and_paths[FOLDER]
-    exts.add(".safetensors")
-
-
-register_folder()
-
-
-def to_file(inv: PSGInversion, path: str) -> None:
-    tensors = {"sigmas": inv.sigmas.contiguous(), "latents": inv.latents.contiguous()}
-    if inv.nulls is not None:
-        tensors["nulls"] = torch.stack([n.float() for n in inv.nulls]).contiguous()
-    if inv.offsets is not None:
-        tensors["offsets"] = torch.stack([o.float() for o in inv.offsets]).contiguous()
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "family": inv.family,
-        "space": inv.space,
-        "scheduler": inv.scheduler,
-        "steps": str(inv.steps),
-        "latent_shape": json.dumps(list(inv.latent_shape)),
-        "inversion_cfg": repr(inv.inversion_cfg),
-        "mode": inv.mode or "",
-        "guidance_scale": "" if inv.guidance_scale is None else repr(inv.guidance_scale),
-    }
-    # write a temp name (not *.safetensors, so never listed) and rename: no half-written inversions
-    part = f"{path}.part"
-    try:
-        save_file({k: v.detach().to("cpu") for k, v in tensors.items()}, part, metadata=meta)
-        os.replace(part, path)
-    except BaseException:
-        if os.path.exists(part):
-            os.remove(part)
-        raise
-
-
-def from_file(path: str, node: str) -> PSGInversion:
-    """Read and validate a saved inversion; any inconsistency is one clear error."""
-    name = os.path.basename(path)
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{node}: {name} is not a readable safetensors file ({exc}); pick another file or save the inversion again.") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{node}: {name} is not a PSG inversion (no '{FORMAT}' metadata); save one with {SAVE_NODE}.")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"{node}: {name} has format version {meta.get('version')!r}; this PSG reads version {VERSION}.")
-    try:
-        steps = int(meta["steps"])
-        shape = tuple(int(s) for s in json.loads(meta["latent_shape"]))
-        sigmas, latents = tensors["sigmas"], tensors["latents"]
-        problems = []
-        if tuple(sigmas.shape) != (steps + 1,):
-            problems.append(f"sigmas {list(sigmas.shape)}")
-        if tuple(latents.shape) != (steps + 1, *shape):
-            problems.append(f"latents {list(latents.shape)}")
-        for key in ("nulls", "offsets"):
-            if key in tensors and tensors[key].shape[0] != steps:
-                problems.append(f"{key} {list(tensors[key].shape)}")
-        if problems:
-            raise ValueError(", ".join(problems))
-        guidance = meta.get("guidance_scale") or None
-        return PSGInversion(
-            family=meta["family"],
-            space=meta["space"],
-            scheduler=meta["scheduler"],
-            sigmas=sigmas.float(),
-            latents=latents.float(),
-            inversion_cfg=float(meta.get("inversion_cfg", "1.0")),
-            mode=meta.get("mode") or None,
-            guidance_scale=float(guidance) if guidance is not None else None,
-            nulls=tuple(tensors["nulls"]) if "nulls" in tensors else None,
-            offsets=tuple(tensors["offsets"]) if "offsets" in tensors else None,
-        )
-    except (KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{node}: {name} is damaged or inconsistent ({exc}); save the inversion again.") from None
 
 
 class PSGSaveInversion(io.ComfyNode):
@@ -192,8 +98,6 @@ class PSGLoadInversion(io.ComfyNode):
         family = host.detect_family(model, LOAD_NODE)
         shape = None
         if latent is not None:
-            from .inversion_nodes import latent_samples
-
             shape = tuple(latent_samples(latent, LOAD_NODE).shape)
         check_matches(inv, family.name, LOAD_NODE, latent_shape=shape)
         if steps and steps != inv.steps:

@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-import lpips
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # imported at use: masks and metrics need this module without lpips
+    import lpips
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,10 @@ class ImageLoss:
             raise ValueError(f"ImageLoss: mse_weight must be >= 0 (got {mse_weight}).")
         if not 0 < loss_scale <= 1:
             raise ValueError(f"ImageLoss: loss_scale must be in (0, 1] (got {loss_scale}).")
+        import lpips
+
         self.metric = metric
+        self.is_lpips = isinstance(metric, lpips.LPIPS)
         self.mask = None if mask is None else as_mask(mask)
         self.mse_weight = float(mse_weight)
         self.loss_scale = float(loss_scale)
@@ -51,7 +57,7 @@ class ImageLoss:
         if keep is not None:
             image = image * keep + reference * (1 - keep)
         total = image.new_zeros(())
-        if isinstance(self.metric, lpips.LPIPS):
+        if self.is_lpips:
             with _spatial(self.metric, keep is not None):
                 dist = self.metric(2 * image - 1, 2 * reference - 1)
             total = total + _weighted_mean(dist, keep)
@@ -77,17 +83,23 @@ class ImageLoss:
         return (1 - mask).clamp(0, 1)
 
 
-def as_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(H, W), (B, H, W) or (B, 1, H, W) with values in [0, 1] -> (B, 1, H, W) float."""
+def as_mask(mask: torch.Tensor, what: str = "mask", *, clamp: bool = False) -> torch.Tensor:
+    """(H, W), (B, H, W) or (B, 1, H, W) with values in [0, 1] -> (B, 1, H, W) float: the one place
+    masks are normalised. ``clamp`` clips stray values (resampled host masks) instead of refusing them."""
+    if not torch.is_tensor(mask) or mask.dim() not in (2, 3, 4):
+        raise ValueError(f"{what}: the mask must be (H, W), (B, H, W) or (B, 1, H, W), got "
+                         f"{tuple(getattr(mask, 'shape', ()))}.")
     if mask.dim() == 2:
         mask = mask[None, None]
     elif mask.dim() == 3:
         mask = mask[:, None]
-    if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"mask must be (H, W), (B, H, W) or (B, 1, H, W); got shape {tuple(mask.shape)}.")
+    if mask.shape[1] != 1:
+        raise ValueError(f"{what}: the mask must have one channel, got {mask.shape[1]}.")
     mask = mask.float()
+    if clamp:
+        return mask.clamp(0.0, 1.0)
     if mask.numel() and (mask.min() < 0 or mask.max() > 1):
-        raise ValueError("mask values must lie in [0, 1] (1 = edited region, free to change).")
+        raise ValueError(f"{what}: mask values must lie in [0, 1] (1 = edited region, free to change).")
     return mask
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .losses import as_mask
+
 logger = logging.getLogger(__name__)
 
 SSIM_SIGMA = 1.5
@@ -56,23 +58,15 @@ def _broadcast(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def normalize_mask(mask: torch.Tensor, batch: int, height: int, width: int, what: str = "metrics") -> torch.Tensor:
-    """A mask of shape (H, W), (B, H, W) or (B, 1, H, W) -> (B, 1, H, W) float in [0, 1]."""
-    if not torch.is_tensor(mask) or mask.ndim not in (2, 3, 4):
-        raise ValueError(f"{what}: the mask must be (H, W), (B, H, W) or (B, 1, H, W), got "
-                         f"{tuple(getattr(mask, 'shape', ()))}.")
-    m = mask.float()
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim == 3:
-        m = m[:, None]
-    if m.shape[1] != 1:
-        raise ValueError(f"{what}: the mask must have one channel, got {m.shape[1]}.")
+    """A mask of shape (H, W), (B, H, W) or (B, 1, H, W) -> (B, 1, H, W) float in [0, 1], checked
+    against the images' batch and size."""
+    m = as_mask(mask, what, clamp=True)
     if m.shape[-2:] != (height, width):
         raise ValueError(f"{what}: the mask is {m.shape[-1]}x{m.shape[-2]} but the images are {width}x{height}; "
                          "resize the mask to the images.")
     if m.shape[0] not in (1, batch):
         raise ValueError(f"{what}: mask batch {m.shape[0]} does not match image batch {batch}.")
-    return m.clamp(0.0, 1.0).expand(batch, -1, -1, -1)
+    return m.expand(batch, -1, -1, -1)
 
 
 def background(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None,

@@ -35,6 +35,18 @@ Decode = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_SCALE = 1.0
 
 
+def window_problem(start: float, end: float, every: int, repeats: int = 1) -> str | None:
+    """What is wrong with a guidance window (``start``/``end`` fractions of the run, every n-th step,
+    ``repeats`` per step), or None; callers prefix it with who asked."""
+    if not 0.0 <= start <= end <= 1.0:
+        return f"need 0 <= start <= end <= 1 (got start {start}, end {end})"
+    if every < 1:
+        return f"'every' must be at least 1 (got {every})"
+    if repeats < 1:
+        return f"'repeats' must be at least 1 (got {repeats})"
+    return None
+
+
 class PerceptualGuidance:
     """The ``perceptual`` hook of ``ddim_sample``; ``.losses`` holds one loss per sampling step
     (NaN where the step was not guided) and is reset when a run starts (step 0).
@@ -62,10 +74,9 @@ class PerceptualGuidance:
             raise ValueError("PerceptualGuidance: reference must be an image in [0, 1] (not [-1, 1] or 0-255).")
         if not (math.isfinite(scale) and scale >= 0):
             raise ValueError(f"PerceptualGuidance: scale must be a finite number >= 0 (got {scale}).")
-        if not 0.0 <= start <= end <= 1.0:
-            raise ValueError(f"PerceptualGuidance: need 0 <= start <= end <= 1 (got start {start}, end {end}).")
-        if every < 1 or repeats < 1:
-            raise ValueError(f"PerceptualGuidance: every and repeats must be >= 1 (got {every}, {repeats}).")
+        problem = window_problem(start, end, every, repeats)
+        if problem:
+            raise ValueError(f"PerceptualGuidance: {problem}.")
         self.decode = decode
         self.reference = reference
         self.loss = _make_loss(loss, mask, mse_weight, loss_scale)

@@ -80,7 +80,7 @@ def core_reference(pack, result, nodes, mode: str, through_model: bool, from_lat
     """``psg_core.ddim_sample`` through the host denoiser, with the graph's own inversion and prompts,
     starting from the inverted noise LATENT (``from_latent``, as SamplerCustomAdvanced hands it over)
     or from the inversion's own noise tensor (as PSG Edit does)."""
-    host, sampler_nodes = pack.nodes.host, pack.nodes.sampler_nodes
+    host, perceptual_pipeline = pack.nodes.host, pack.nodes.pipelines.perceptual
     ddim, guidance_mod = pack.psg_core.ddim, pack.psg_core.guidance
     model, vae = result.output(nodes["ck"].id, 0), result.output(nodes["ck"].id, 2)
     image, lpips = result.output(nodes["image"].id, 0), result.output(nodes["lpips"].id, 0)
@@ -89,7 +89,7 @@ def core_reference(pack, result, nodes, mode: str, through_model: bool, from_lat
     conds["source"] = node_helpers.conditioning_set_values(conds["source"], {"prompt_type": "negative"})
     inv = result.output(nodes[f"fit:{mode}"].id, 0)
     family = host.detect_family(model, "test")
-    settings = sampler_nodes.PerceptualSettings(scale=SCALE, start=0.0, end=1.0, every=1,
+    settings = perceptual_pipeline.PerceptualSettings(scale=SCALE, start=0.0, end=1.0, every=1,
                                                 through_model=through_model)
     sigmas = inv.sigmas.flip(0).clone()
 
@@ -101,7 +101,7 @@ def core_reference(pack, result, nodes, mode: str, through_model: bool, from_lat
             nulls = [n.to(h.device) for n in inv.nulls]
         if inv.offsets is not None:
             offsets = [o.to(h.device) for o in inv.offsets]
-        perceptual = sampler_nodes.build_perceptual(vae, image, lpips, settings, None, h.process_latent_out,
+        perceptual = perceptual_pipeline.build_perceptual(vae, image, lpips, settings, None, h.process_latent_out,
                                                     tuple(inv.latent_shape[-2:]), "test")
         if through_model:
             h.enable_model_gradients()

@@ -1,4 +1,4 @@
-"""Guidance VAE and reduced-resolution guidance (issue 10) through real ComfyUI: a TAESD loaded by
+"""Guidance VAE and reduced-resolution guidance through real ComfyUI: a TAESD loaded by
 ComfyUI's own VAELoader decodes the x0 estimates for the LPIPS gradient (in PSG Perceptual Sampler
 and PSG Edit), the main VAE is never differentiated and still decodes the result, half resolution
 decodes half-size guidance images, and a TAESD of the wrong family is refused with one clear

@@ -31,7 +31,7 @@ def bf16_model(tiny: Any) -> Any:
 def pack_parts(comfy_host) -> tuple[Any, Any, Any]:
     name = comfy_host.pack_module().__name__
     return tuple(importlib.import_module(f"{name}.{sub}") for sub in
-                 ("nodes.host", "nodes.inversion_nodes", "psg_core"))
+                 ("nodes.host", "nodes.pipelines.inversion", "psg_core"))
 
 
 def encode(tiny: Any, text: str) -> list:
@@ -71,7 +71,7 @@ def test_bf16_null_text_is_finite_and_converges(comfy_host, tiny_models, family)
     seen: dict[str, Any] = {"steps": [], "landing": []}
 
     def body(h):
-        traj = inversion_nodes.trajectory_on(inv, h.device, h.family.space)
+        traj = inversion_nodes.trajectory_on(inv, h.device)
         src, nul = h.bank.embeddings["source"], h.bank.embeddings["null"]
         h.enable_model_gradients()
         with torch.enable_grad():
@@ -109,7 +109,7 @@ def test_bf16_perceptual_paths_are_finite_and_pull_towards_the_photo(comfy_host,
     results: dict[float, Any] = {}
 
     def body(h):
-        traj = inversion_nodes.trajectory_on(inv, h.device, h.family.space)
+        traj = inversion_nodes.trajectory_on(inv, h.device)
         src, nul = h.bank.embeddings["source"], h.bank.embeddings["null"]
         decode = host.DifferentiableDecoder(tiny.vae, h.process_latent_out, "test")
         with torch.no_grad():

@@ -118,9 +118,9 @@ def test_host_p2p_source_branch_with_offsets_is_the_direct_inversion_reconstruct
         photo_latent = tm.vae.encode(image)
         conds = {name: tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(text))
                  for name, text in (("null", ""), ("source", SOURCE))}
-        inv, _ = nodes.inversion_nodes.invert(tm.model, photo_latent, conds["source"], steps=STEPS, scheduler="simple",
+        inv, _ = nodes.pipelines.inversion.invert(tm.model, photo_latent, conds["source"], steps=STEPS, scheduler="simple",
                                               cfg=1.0, null=None, node="t")
-        inv = nodes.inversion_nodes.optimise_text(tm.model, inv, conds["source"], conds["null"], mode="direct offsets",
+        inv = nodes.pipelines.inversion.optimise_text(tm.model, inv, conds["source"], conds["null"], mode="direct offsets",
                                                   guidance_scale=3.0, inner_steps=1, tolerance=1e-5, node="t")
         family = nodes.host.detect_family(tm.model, "t")
         plain: dict[str, torch.Tensor] = {}
@@ -140,7 +140,7 @@ def test_host_p2p_source_branch_with_offsets_is_the_direct_inversion_reconstruct
         nodes.host.run_on_host(tm.model, conds, torch.zeros(inv.latent_shape), body, family=family, fallback="null",
                                sigmas=inv.sigmas, node="t")
         settings = nodes.attention_patches.P2PSettings()
-        edit, source, _ = nodes.p2p_nodes.run_p2p(tm.model, tm.clip, inv, SOURCE, SWAP, settings, 0.0, 3.0)
+        edit, source, _ = nodes.pipelines.p2p.run_p2p(tm.model, tm.clip, inv, SOURCE, SWAP, settings, 0.0, 3.0)
     floor = float((plain["batched"] - plain["one_by_one"]).abs().max())
     assert float((plain["batched"] - photo_latent).abs().max()) < 1e-3  # offsets retrace the inversion
     assert float((source - photo_latent).abs().max()) <= 2 * floor + 1e-5
@@ -166,15 +166,15 @@ def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, s
         samples = tm.vae.encode(image)
         source = tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(source_text))
         null = tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(""))
-        inv, _ = nodes.inversion_nodes.invert(tm.model, samples, source, steps=STEPS, scheduler="simple", cfg=1.0,
+        inv, _ = nodes.pipelines.inversion.invert(tm.model, samples, source, steps=STEPS, scheduler="simple", cfg=1.0,
                                               null=None, node="test")
-        inv = nodes.inversion_nodes.optimise_text(tm.model, inv, source, null, mode="negative-prompt",
+        inv = nodes.pipelines.inversion.optimise_text(tm.model, inv, source, null, mode="negative-prompt",
                                                   guidance_scale=3.0, inner_steps=1, tolerance=1e-5, node="test")
         p2p = nodes.attention_patches
         mode = pack.psg_core.attention_control.P2PMode(settings.pop("mode", "replace"))
         cfg = p2p.P2PSettings(mode=mode, **settings)
         guidance = perceptual(inv, image) if perceptual is not None else None
-        return nodes.p2p_nodes.run_p2p(tm.model, tm.clip, inv, source_text, edit_text, cfg, 0.0, 3.0,
+        return nodes.pipelines.p2p.run_p2p(tm.model, tm.clip, inv, source_text, edit_text, cfg, 0.0, 3.0,
                                        observers=observers, perceptual=guidance)
 
 
@@ -305,7 +305,7 @@ def test_host_p2p_attention_mask_zeroes_the_perceptual_gradient_inside(comfy_hos
     probes: list[_GradientProbe] = []
 
     def perceptual(inversion, image):
-        guidance = nodes.p2p_nodes.make_perceptual(tm.model, tm.vae, image, nodes.lpips_nodes.load("alex"), 1.0, None,
+        guidance = nodes.pipelines.p2p.make_perceptual(tm.model, tm.vae, image, nodes.lpips_nodes.load("alex"), 1.0, None,
                                                inversion)
         guidance.loss = _GradientProbe(guidance.loss)
         probes.append(guidance.loss)

@@ -1,4 +1,4 @@
-"""Reliability and safety (issue 9) through real ComfyUI: a bad-input matrix over the HTTP API,
+"""Reliability and safety through real ComfyUI: a bad-input matrix over the HTTP API,
 interrupts in every phase, a short soak, no unsafe deserialisation or path traversal, and
 bitwise determinism across runs and a server restart.
 
@@ -473,10 +473,11 @@ def test_host_reliability_interrupted_inversion_writes_no_file(inprocess):
 def test_host_reliability_failed_save_leaves_no_partial_file(inprocess, monkeypatch):
     """A write that dies half-way (disk full, interrupt) leaves neither the target nor a temp file."""
     storage = inprocess.pack_module().nodes.storage_nodes
+    files = inprocess.pack_module().nodes.pipelines.storage
     graph = PSGGraph()
     inv = graph.inversion()
     result = inprocess.run(graph.prompt(), outputs=[inv.id])
-    real_save = storage.save_file
+    real_save = files.save_file
 
     def dies_half_way(tensors: dict, path: str, metadata: dict) -> None:
         real_save(tensors, path, metadata=metadata)
@@ -484,7 +485,7 @@ def test_host_reliability_failed_save_leaves_no_partial_file(inprocess, monkeypa
             f.truncate(os.path.getsize(path) // 2)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(storage, "save_file", dies_half_way)
+    monkeypatch.setattr(files, "save_file", dies_half_way)
     folder = inversion_dir(inprocess.base_dir) / "psg_rel_partial"
     with pytest.raises(OSError):
         storage.PSGSaveInversion.execute(result.output(inv.id), "psg_rel_partial/inv")

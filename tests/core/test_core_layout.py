@@ -1,0 +1,87 @@
+"""The layering docs/architecture.md describes, read from the source (no imports, no host): the core
+imports no host code, node modules import no other node module and stay short, and every function the
+architecture page names exists where it says."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "node_helpers", "server")
+MAX_NODE_MODULE_LINES = 150
+LONGER_NODE_MODULES = {"metrics.py": "four evaluation nodes with their model-folder pickers"}
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(relative level, dotted module) of every import in ``path``; ``from . import a`` gives (1, 'a')."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(0, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.module:
+                found.append((node.level, node.module))
+            else:
+                found += [(node.level, alias.name) for alias in node.names]
+    return found
+
+
+def node_modules() -> list[Path]:
+    return sorted([*ROOT.glob("nodes/*_nodes.py"), ROOT / "nodes" / "metrics.py"])
+
+
+def test_core_layout_core_imports_no_host_or_pack_code():
+    for path in sorted((ROOT / "psg_core").glob("*.py")):
+        for level, module in imports_of(path):
+            top = module.split(".")[0]
+            assert not (level == 0 and top in HOST_MODULES), f"{path.name} imports {module}"
+            assert level <= 1, f"{path.name} imports outside psg_core ({'.' * level}{module})"
+            assert top not in ("nodes", "psg_cli"), f"{path.name} imports {module}"
+
+
+def test_core_layout_node_modules_import_no_other_node_module():
+    names = {p.stem for p in node_modules()}
+    for path in node_modules():
+        for level, module in imports_of(path):
+            assert not (level == 1 and module.split(".")[0] in names), f"{path.name} imports .{module}"
+
+
+@pytest.mark.parametrize("folder", ["host", "pipelines"])
+def test_core_layout_adapter_and_pipelines_import_no_node_module(folder):
+    names = {p.stem for p in node_modules()}
+    for path in sorted((ROOT / "nodes" / folder).glob("*.py")):
+        for level, module in imports_of(path):
+            assert not (level == 2 and module.split(".")[0] in names), f"{folder}/{path.name} imports ..{module}"
+
+
+def test_core_layout_node_modules_are_short():
+    for path in node_modules():
+        lines = len(path.read_text().splitlines())
+        if path.name in LONGER_NODE_MODULES:
+            continue
+        assert lines <= MAX_NODE_MODULE_LINES, f"{path.name}: {lines} lines; move the mechanism to nodes/pipelines"
+
+
+def test_core_layout_architecture_names_exist():
+    """Each name in the formula table is defined in the file named before it (methods as Class.method)."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ") and ".py`: `" in line]
+    assert len(rows) >= 8, "the formula table is missing"
+    checked = 0
+    for row in rows:
+        defined: set[str] = set()
+        file = None
+        for item in re.findall(r"`([^`]+)`", row.split("|")[2]):
+            if item.endswith(".py"):
+                file = item
+                tree = ast.parse((ROOT / file).read_text())
+                defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+                continue
+            assert file is not None, f"{item!r} named before its file: {row}"
+            assert item.split(".")[-1] in defined, f"docs/architecture.md names {file}: {item}, not defined there"
+            checked += 1
+    assert checked >= 15
