@@ -118,7 +118,8 @@ class PSGP2PSampler(io.ComfyNode):
                 io.Image.Input("reference", optional=True, tooltip="Optional, for perceptual guidance: the photo the edit should stay close to."),
                 PSGLpipsType.Input("lpips", optional=True, tooltip="Optional, for perceptual guidance: from PSG LPIPS Loader."),
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, optional=True, tooltip="Perceptual guidance strength on the edit branch (used when vae, reference and lpips are connected); 0 turns it off."),
-                io.Combo.Input("perceptual_mask", options=[m.value for m in MaskUse], default=MaskUse.ATTENTION_MASK.value, optional=True, tooltip="attention mask: LPIPS pulls only outside the blend words' region (needs blend_words); whole image: everywhere."),
+                io.Combo.Input("perceptual_mask", options=[m.value for m in MaskUse], default=MaskUse.ATTENTION_MASK.value, optional=True, tooltip="attention mask: LPIPS pulls only outside the blend words' region and the painted mask; painted mask: only outside the painted mask; whole image: everywhere."),
+                io.Mask.Input("mask", optional=True, tooltip="Optional painted mask (1 = free to change), e.g. from the mask editor via PSG Fit Image: widens the region the perceptual guidance leaves free."),
                 io.Vae.Input("guidance_vae", optional=True, tooltip="Optional: a small VAE (Load VAE -> taesd / taesdxl) used only for the LPIPS gradient."),
             ],
             outputs=[
@@ -134,12 +135,13 @@ class PSGP2PSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, inversion, source_text, edit_text, p2p, w_source, w_edit, vae=None, reference=None,
-                lpips=None, scale=DEFAULT_SCALE, perceptual_mask=MaskUse.ATTENTION_MASK.value, guidance_vae=None) -> io.NodeOutput:
+                lpips=None, scale=DEFAULT_SCALE, perceptual_mask=MaskUse.ATTENTION_MASK.value, mask=None, guidance_vae=None) -> io.NodeOutput:
         if not isinstance(p2p, P2PSettings):
             raise ValueError(f"{NODE}: the 'p2p' input must come from the {SETTINGS_NODE} node.")
         perceptual = make_perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion)
         edit, source, mask = run_p2p(model, clip, inversion, source_text, edit_text, p2p, w_source, w_edit,
-                                     perceptual=perceptual, mask_use=perceptual_mask or MaskUse.ATTENTION_MASK)
+                                     perceptual=perceptual, mask_use=perceptual_mask or MaskUse.ATTENTION_MASK,
+                                     painted_mask=mask)
         mask_image = torch.nn.functional.interpolate(mask[:, None].float(), scale_factor=LATENT_TO_PIXELS,
                                                      mode="nearest")[:, 0]
         return io.NodeOutput({"samples": edit}, mask_image, {"samples": source})

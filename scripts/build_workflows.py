@@ -357,7 +357,7 @@ def p2p(name: str) -> Workflow:
 Photo -> PSG Fit Image (Fit to model: long side 512, the mask follows) -> VAE Encode -> PSG DDIM Inversion -> PSG Text Guidance Optimisation -> PSG P2P Sampler -> VAE Decode -> Output size (back to the photo's size).
 - Source prompt / Target prompt are PSG Text Encode nodes: their conditioning feeds the inversion, their text feeds the P2P sampler (which aligns the two prompts' tokens with the same CLIP).
 - PSG Prompt-to-Prompt: mode replace (swap words, same token count) / refine (added or changed words) / reweight (reweight_words such as 'tiger:2'); cross_window 0.8 and self_window 0.4 = fraction of the steps with the source's cross- / self-attention; blend_words name the edited object in either prompt (e.g. 'cat, tiger'): outside their attention region the result is the photo's reconstruction (LocalBlend).
-- PSG P2P Sampler: w_edit = edit strength (5-10), w_source = weight of the source prompt in the edit branch; LPIPS guidance (scale) pulls the region outside the attention mask back to the photo (perceptual_mask). Its mask output is the edited region: previewed here, usable as a MASK elsewhere.
+- PSG P2P Sampler: w_edit = edit strength (5-10), w_source = weight of the source prompt in the edit branch; LPIPS guidance (scale) pulls the region outside the attention mask back to the photo (perceptual_mask); what you paint in the Photo's mask editor is left free too. Its mask output is the edited region: previewed here, usable as a MASK elsewhere.
 - UNet models only (SD1.x, SD2.x, SDXL).
 Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow """ + name + """ (or --p2p refine on any workflow name)"""
     family = FAMILIES["sd15"]
@@ -377,7 +377,7 @@ Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workf
         Node("sampler", "PSGP2PSampler", "P2P Sampler", {"w_source": 0.0, "w_edit": 7.5, "scale": 1.0},
              {"model": ("ckpt", 0), "clip": ("ckpt", 1), "inversion": ("optimise", 0),
               "source_text": ("source", 1), "edit_text": ("target", 1), "p2p": ("p2p", 0), "vae": ("ckpt", 2),
-              "reference": ("fit", 0), "lpips": ("lpips", 0), "guidance_vae": ("gvae", 0)}),
+              "reference": ("fit", 0), "lpips": ("lpips", 0), "mask": ("fit", 1), "guidance_vae": ("gvae", 0)}),
         Node("decode", "VAEDecode", None, {}, {"samples": ("sampler", 0), "vae": ("ckpt", 2)}),
         Node("maskimage", "MaskToImage", None, {}, {"mask": ("sampler", 1)}),
         Node("maskpreview", "PreviewImage", "Edited region", {}, {"images": ("maskimage", 0)}),

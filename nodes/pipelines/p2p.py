@@ -28,14 +28,39 @@ NODE = "PSG P2P Sampler"
 class MaskUse(str, Enum):
     """What the perceptual guidance pulls back to the photo."""
 
-    ATTENTION_MASK = "attention mask"  # only outside the blend words' region
+    ATTENTION_MASK = "attention mask"  # outside the blend words' region and the painted mask
+    PAINTED_MASK = "painted mask"  # outside the painted mask only
     WHOLE_IMAGE = "whole image"  # everywhere
+
+
+def perceptual_mask_fn(mask_use: str, attention: Any, painted: torch.Tensor | None, node: str) -> Any:
+    """``step -> mask`` (1 = free to change) for the edit branch's perceptual guidance, or None for
+    the whole image: the attention mask of the blend words, widened by what the user painted."""
+    if mask_use == MaskUse.WHOLE_IMAGE:
+        return None
+    if mask_use == MaskUse.PAINTED_MASK or attention is None:
+        if painted is None:
+            raise ValueError(f"{node}: perceptual_mask '{mask_use}' needs "
+                             + ("a painted mask (connect mask)" if mask_use == MaskUse.PAINTED_MASK else
+                                f"blend_words in {SETTINGS_NODE} or a painted mask")
+                             + "; or set perceptual_mask to 'whole image'.")
+        return lambda step: painted
+    if painted is None:
+        return attention
+
+    def union(step: int) -> torch.Tensor:
+        mask = attention(step)
+        wide = torch.nn.functional.interpolate(mask.float(), size=painted.shape[-2:], mode="nearest")
+        return torch.maximum(wide.to(painted), painted)
+
+    return union
 
 
 def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, edit_text: str,
             settings: P2PSettings, w_source: float, w_edit: float, *, perceptual: Any = None,
-            mask_use: str = MaskUse.ATTENTION_MASK, observers: list | None = None,
-            node: str = NODE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            mask_use: str = MaskUse.ATTENTION_MASK, painted_mask: torch.Tensor | None = None,
+            observers: list | None = None, node: str = NODE
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two-branch prompt-to-prompt sampling from ``inversion`` on a patched clone of ``model``.
 
     Returns the edit LATENT samples, the source-branch LATENT samples and the edited-region mask
@@ -72,11 +97,12 @@ def run_p2p(model: Any, clip: Any, inversion: PSGInversion, source_text: str, ed
             offsets = [o.to(h.device) for o in inversion.offsets]
         blend = controller.blend_mask if controller.blending else None
         mask_fn = None
-        if perceptual is not None and mask_use == MaskUse.ATTENTION_MASK:
-            if not controller.blending:
-                raise ValueError(f"{node}: perceptual guidance with the attention mask needs blend_words in "
-                                 f"{SETTINGS_NODE}; or set perceptual_mask to 'whole image'.")
-            mask_fn = controller.blend_mask
+        if perceptual is not None:
+            painted = None
+            if painted_mask is not None and bool((painted_mask > 0).any()):  # Fit Image gives zeros unpainted
+                painted = host.mask_to_b1hw(painted_mask, *painted_mask.shape[-2:]).to(h.device)
+            attention = controller.blend_mask if controller.blending else None
+            mask_fn = perceptual_mask_fn(mask_use, attention, painted, node)
         out = two_branch_sample(
             branch_denoiser(h, controller), inversion.noise.to(h.device), sigmas.to(h.device), guidance,
             source_scale=float(source_scale), space=family.space, nulls=nulls, offsets=offsets,

@@ -424,3 +424,27 @@ def test_host_p2p_sd2_v_prediction_model_works(comfy_host, tiny_models) -> None:
     edit, source, _ = _run(comfy_host, tiny_models, "sd2v", SWAP, observers=[seen.append], cross_window=1.0)
     assert any(e["edited"] and e["kind"] == "attn2" for e in seen)
     assert torch.isfinite(edit).all() and (edit - source).abs().max() > 1e-4
+
+
+def test_host_p2p_painted_mask_widens_the_attention_mask(comfy_host) -> None:
+    """The mask editor's painting (via PSG Fit Image) is left free as well: the perceptual loss mask
+    is the union of the (upsampled) attention mask and the painting; 'painted mask' uses the painting
+    alone; an unusable choice names the fix."""
+    p2p = comfy_host.pack_module().nodes.pipelines.p2p
+    attention = torch.zeros(1, 1, 2, 2)
+    attention[..., 0, 0] = 1.0  # top-left latent pixel edited
+    painted = torch.zeros(1, 1, 4, 4)
+    painted[..., 3, 3] = 1.0  # bottom-right image pixel painted
+    union = p2p.perceptual_mask_fn(p2p.MaskUse.ATTENTION_MASK, lambda step: attention, painted, "t")(0)
+    expected = torch.zeros(1, 1, 4, 4)
+    expected[..., :2, :2] = 1.0
+    expected[..., 3, 3] = 1.0
+    assert torch.equal(union, expected)
+    assert torch.equal(p2p.perceptual_mask_fn(p2p.MaskUse.PAINTED_MASK, lambda step: attention, painted, "t")(0),
+                       painted)
+    assert p2p.perceptual_mask_fn(p2p.MaskUse.ATTENTION_MASK, None, painted, "t")(0) is painted
+    assert p2p.perceptual_mask_fn(p2p.MaskUse.WHOLE_IMAGE, lambda step: attention, painted, "t") is None
+    with pytest.raises(ValueError, match="needs a painted mask"):
+        p2p.perceptual_mask_fn(p2p.MaskUse.PAINTED_MASK, lambda step: attention, None, "t")
+    with pytest.raises(ValueError, match="blend_words .* or a painted mask"):
+        p2p.perceptual_mask_fn(p2p.MaskUse.ATTENTION_MASK, None, None, "t")
