@@ -109,8 +109,9 @@ def test_host_batch_deterministic_failure_is_tried_once(comfy_server, files, tmp
     items = {r["id"]: r for r in json.loads((out / "results.json").read_text())["items"]}
     bad = items["item-1"]
     assert bad["status"] == "failed" and bad["kind"] == "deterministic" and bad["attempts"] == 1, bad
-    assert "node 2 'Photo' (LoadImage)" in bad["error"]
-    assert [e["state"] for e in entries(out / "journal.jsonl") if e["id"] == "item-1"] == ["submitted", "failed"]
+    assert "as an image" in bad["error"] and "give a PNG, JPEG, WebP or TIFF photo" in bad["error"], bad
+    # refused by the client before anything reached the server: recorded once, never queued
+    assert [e["state"] for e in entries(out / "journal.jsonl") if e["id"] == "item-1"] == ["failed"]
     assert items["item-0"]["status"] == items["item-2"]["status"] == "ok"
 
 

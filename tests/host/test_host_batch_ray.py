@@ -95,8 +95,10 @@ def test_host_batch_ray_matches_the_in_process_backend_bitwise(cluster, files, c
     """Same dataset, seed and --guidance-vae none: the CLI in-process and two Ray actors give the
     same pixels, and the option reached every item (the unconnected loader is gone)."""
     inproc = tmp_path / "inproc"
+    # Ray runs each 1-CPU actor with one thread; bitwise equality needs the same summation order
     proc = run_cli("edit-batch", files["dataset"], "--comfy-root", comfy_root, "--base-directory", files["base"],
-                   "--workflow", files["workflow"], "--out", inproc, "--seed", SEED, "--guidance-vae", "none")
+                   "--workflow", files["workflow"], "--out", inproc, "--seed", SEED, "--guidance-vae", "none",
+                   env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "ray"
     results = make_run(files, out).run(cluster["workers"])

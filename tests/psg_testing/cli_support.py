@@ -29,10 +29,12 @@ def cli_command(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "psg_cli", *map(str, args)]
 
 
-def run_cli(*args: str | Path, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run the CLI from the repo root; returns the finished process (never raises on rc)."""
-    return subprocess.run(cli_command(*args), cwd=host.REPO_ROOT, env=cli_env(), capture_output=True,
-                          text=True, timeout=timeout)
+def run_cli(*args: str | Path, timeout: float = CLI_TIMEOUT_S,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI from the repo root; returns the finished process (never raises on rc).
+    ``env`` adds to (or overrides) :func:`cli_env`."""
+    return subprocess.run(cli_command(*args), cwd=host.REPO_ROOT, env={**cli_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def write_photo(path: Path, size: int = 128, which: str = "chelsea") -> Path:
