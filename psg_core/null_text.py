@@ -21,17 +21,14 @@ All three index their output by reverse step: index 0 is the first step from the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .ddim import Callback, Trajectory, cfg, ddim_step, sigma_batch
+from .ddim import Callback, Denoiser, Trajectory, cfg, ddim_step, sigma_batch
 from .spaces import coefficients
-
-Denoiser = Callable[[Tensor, Tensor, Sequence[Any]], list[Tensor]]
 
 
 class NullTextSchedule(str, Enum):
