@@ -67,13 +67,19 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def save_random_alexnet(folder: Path, seed: int = 0) -> Path:
-    """A seeded random AlexNet ``features`` state dict under torchvision's checkpoint name."""
+def save_random_backbone(folder: Path, architecture: str, file_name: str, seed: int = 0) -> Path:
+    """A seeded RANDOM torchvision ``architecture``'s ``features`` state dict under ``file_name``
+    (what LPIPS reads from torchvision's checkpoint of that network)."""
     import torchvision
 
     folder.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
         torch.manual_seed(seed)
-        features = torchvision.models.alexnet(weights=None).features.state_dict()
-    torch.save({f"features.{k}": v for k, v in features.items()}, folder / ALEX_FILE)
-    return folder / ALEX_FILE
+        features = getattr(torchvision.models, architecture)(weights=None).features.state_dict()
+    torch.save({f"features.{k}": v for k, v in features.items()}, folder / file_name)
+    return folder / file_name
+
+
+def save_random_alexnet(folder: Path, seed: int = 0) -> Path:
+    """A seeded random AlexNet ``features`` state dict under torchvision's checkpoint name."""
+    return save_random_backbone(folder, "alexnet", ALEX_FILE, seed)

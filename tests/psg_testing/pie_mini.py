@@ -80,14 +80,9 @@ def write_mini_pie(root: Path) -> Path:
 
 def save_random_squeezenet(folder: Path, seed: int = 0) -> Path:
     """A seeded RANDOM SqueezeNet 1.1 ``features`` state dict under torchvision's file name."""
-    import torchvision
+    from psg_testing.metric_models import save_random_backbone
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
-        torch.manual_seed(seed)
-        features = torchvision.models.squeezenet1_1(weights=None).features.state_dict()
-    torch.save({f"features.{k}": v for k, v in features.items()}, folder / SQUEEZE_FILE)
-    return folder / SQUEEZE_FILE
+    return save_random_backbone(folder, "squeezenet1_1", SQUEEZE_FILE, seed)
 
 
 def random_timm_dino(seed: int = 0, dim: int = 16, depth: int = 12):
