@@ -12,6 +12,8 @@ from ..psg_core.ddim import Trajectory
 
 PSGInversionType = io.Custom("PSG_INVERSION")
 PSGLpipsType = io.Custom("PSG_LPIPS")
+PSGP2PType = io.Custom("PSG_P2P")
+"""Prompt-to-prompt settings (``pipelines.attention_patches.P2PSettings``)."""
 PSGLossesType = io.Custom("PSG_LOSSES")
 """Per-step guidance losses: a list of floats (or {name: [floats]}); plotted by PSG Loss Plot."""
 

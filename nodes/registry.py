@@ -12,9 +12,11 @@ def all_nodes() -> list[type[io.ComfyNode]]:
     from .inversion_nodes import PSGDDIMInversion, PSGTextGuidanceOptimize
     from .lpips_nodes import PSGLPIPSLoader
     from .metrics import NODES as METRIC_NODES
-    from .p2p_nodes import NODES as P2P_NODES
+    from .p2p_nodes import PSGP2PSampler
+    from .p2p_settings_nodes import PSGPromptToPrompt
     from .sampler_nodes import PSGPerceptualSampler
     from .storage_nodes import PSGLoadInversion, PSGSaveInversion
+    from .text_nodes import PSGTextEncode
 
     return [
         PSGLPIPSLoader,
@@ -27,5 +29,7 @@ def all_nodes() -> list[type[io.ComfyNode]]:
         PSGSaveInversion,
         PSGLoadInversion,
         *METRIC_NODES,
-        *P2P_NODES,
+        PSGTextEncode,
+        PSGPromptToPrompt,
+        PSGP2PSampler,
     ]

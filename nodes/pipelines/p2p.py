@@ -1,5 +1,5 @@
 """Prompt-to-prompt editing on the host: two-branch sampling (``psg_core.two_branch_sample``) on a
-clone of the model whose attention is patched (``nodes.attention_patches``)."""
+clone of the model whose attention is patched (``attention_patches``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from .. import host, validation
-from ..attention_patches import (
+from ..psg_types import PSGInversion, TextMode, check_matches
+from .attention_patches import (
     AttentionController,
     P2PSettings,
     branch_denoiser,
@@ -17,12 +18,13 @@ from ..attention_patches import (
     make_plan,
     patched_clone,
 )
-from ..psg_types import PSGInversion, TextMode, check_matches
 from .inversion import trajectory_on
 from .perceptual import PerceptualSettings, build_perceptual
 
 SETTINGS_NODE = "PSG Prompt-to-Prompt"
 NODE = "PSG P2P Sampler"
+LATENT_TO_PIXELS = 8
+"""SD1.x / SD2.x / SDXL VAEs: one latent pixel is 8x8 image pixels (the MASK output's size)."""
 
 
 class MaskUse(str, Enum):
@@ -138,3 +140,10 @@ def make_perceptual(model, vae, reference, lpips, scale, guidance_vae, inversion
     latent_hw = tuple(int(s) for s in inversion.latent_shape[-2:])
     return build_perceptual(vae, reference, lpips, settings, None, model.model.process_latent_out, latent_hw,
                             node, guidance_vae)
+
+
+def image_sized(mask: torch.Tensor) -> torch.Tensor:
+    """The latent-sized [B, H, W] edited-region mask as an image-sized MASK."""
+    scaled = torch.nn.functional.interpolate(mask[:, None].float(), scale_factor=LATENT_TO_PIXELS,
+                                             mode="nearest")
+    return scaled[:, 0]

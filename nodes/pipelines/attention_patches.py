@@ -21,7 +21,7 @@ from typing import Any
 import comfy.ldm.modules.attention as comfy_attention
 import torch
 
-from ..psg_core.attention_control import (
+from ...psg_core.attention_control import (
     DEFAULT_BLEND_START,
     DEFAULT_BLEND_THRESHOLD,
     DEFAULT_CROSS_WINDOW,
@@ -42,8 +42,8 @@ from ..psg_core.attention_control import (
     token_weights,
     word_map,
 )
-from ..psg_core.two_branch import BranchLayout
-from . import host
+from ...psg_core.two_branch import BranchLayout
+from .. import host
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class P2PSettings:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{node}: {name} must lie in [0, 1] (got {value}).")
         if self.self_layers not in SELF_LAYERS:
-            raise ValueError(f"{node}: self_layers must be one of {', '.join(SELF_LAYERS)} (got {self.self_layers!r}).")
+            raise ValueError(f"{node}: self_layers must be one of {', '.join(SELF_LAYERS)} "
+                             f"(got {self.self_layers!r}).")
         if self.mode is P2PMode.REWEIGHT and not self.reweight_words.strip():
             raise ValueError(f"{node}: mode reweight needs reweight_words (e.g. 'tiger:2, striped').")
 
@@ -195,7 +196,8 @@ class AttentionController:
         return h <= SELF_LAYERS[self.plan.settings.self_layers] * self.latent_hw[0] + 1e-6
 
     # -- the patch
-    def attention(self, kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
+    def attention(self, kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  extra: dict) -> torch.Tensor:
         heads = extra["n_heads"]
         cross = kind == "attn2"
         layer = (kind, tuple(extra.get("block") or ()), extra.get("block_index", 0))
@@ -203,7 +205,8 @@ class AttentionController:
             self.in_cross_window() if cross else (self.in_self_window() and self._self_layer(q.shape[1])))
         capture = cross and self.blending and self.layout is not None
         if not (edit_now or capture):
-            return comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra.get("attn_precision"))
+            return comfy_attention.optimized_attention(q, k, v, heads,
+                                                       attn_precision=extra.get("attn_precision"))
         chunks = list(extra.get("cond_or_uncond") or [])
         rows = q.shape[0] // max(1, len(chunks))
         probs = attention_probabilities(q, k, heads)
@@ -222,7 +225,8 @@ class AttentionController:
             self._capture(q.shape[1], probs, src_rows, edit_rows)
         if edit_now and edit_rows is not None:
             if source is None:
-                raise RuntimeError("prompt-to-prompt: the edit branch ran before the source branch in this step")
+                raise RuntimeError("prompt-to-prompt: the edit branch ran before the source branch "
+                                   "in this step")
             edit = probs[edit_rows]
             if cross:
                 new = edit_cross_attention(source, edit, self.plan.mapping, self.plan.weights)
@@ -235,7 +239,8 @@ class AttentionController:
                      "edit_rows": edit_rows, "edited": edit_now and edit_rows is not None})
         return attend(probs, v)
 
-    def _capture(self, queries: int, probs: torch.Tensor, src_rows: slice | None, edit_rows: slice | None) -> None:
+    def _capture(self, queries: int, probs: torch.Tensor, src_rows: slice | None,
+                 edit_rows: slice | None) -> None:
         """Accumulate (over layers of one resolution and over steps) the chosen words' maps."""
         for rows, positions, store in ((src_rows, self.plan.blend_source, self._maps_source),
                                        (edit_rows, self.plan.blend_edit, self._maps_edit)):
@@ -267,7 +272,8 @@ class AttentionController:
         if self.inputs is not None:
             chunks = list(args["cond_or_uncond"])
             rows = x.shape[0] // max(1, len(chunks))
-            x = torch.cat([self.inputs[c].to(x) if self.inputs[c].shape[0] == rows else x[i * rows:(i + 1) * rows]
+            x = torch.cat([self.inputs[c].to(x) if self.inputs[c].shape[0] == rows
+                           else x[i * rows:(i + 1) * rows]
                            for i, c in enumerate(chunks)])
         if previous is not None:
             return previous(apply_model, {**args, "input": x})
@@ -278,12 +284,14 @@ def transformer_blocks(model: Any) -> list[tuple[str, int]]:
     """(block name, number) of every UNet block holding a transformer, as ComfyUI keys them."""
     dm = model.model.diffusion_model
     found: list[tuple[str, int]] = []
-    for name, blocks in (("input", getattr(dm, "input_blocks", None)), ("output", getattr(dm, "output_blocks", None))):
+    for name in ("input", "output"):
+        blocks = getattr(dm, f"{name}_blocks", None)
         for number, block in enumerate(blocks or []):
             if any(isinstance(m, comfy_attention.SpatialTransformer) for m in block.modules()):
                 found.append((name, number))
     middle = getattr(dm, "middle_block", None)
-    if middle is not None and any(isinstance(m, comfy_attention.SpatialTransformer) for m in middle.modules()):
+    if middle is not None and any(isinstance(m, comfy_attention.SpatialTransformer)
+                                  for m in middle.modules()):
         found.append(("middle", 0))
     return found
 
@@ -297,8 +305,8 @@ def check_unet(model: Any, family: host.ModelFamily, node: str) -> list[tuple[st
         )
     blocks = transformer_blocks(model)
     if not blocks:
-        raise ValueError(f"{node}: the model has no UNet attention blocks ({family.name}); prompt-to-prompt needs "
-                         "an SD1.x, SD2.x or SDXL model.")
+        raise ValueError(f"{node}: the model has no UNet attention blocks ({family.name}); "
+                         "prompt-to-prompt needs an SD1.x, SD2.x or SDXL model.")
     return blocks
 
 
@@ -311,7 +319,8 @@ def patched_clone(model: Any, controller: AttentionController, blocks: list[tupl
         patched.set_model_attn2_replace(lambda q, k, v, extra: controller.attention("attn2", q, k, v, extra),
                                         name, number)
     previous = patched.model_options.get("model_function_wrapper")
-    patched.set_model_unet_function_wrapper(lambda apply_model, args: controller.swap_rows(apply_model, args, previous))
+    patched.set_model_unet_function_wrapper(
+        lambda apply_model, args: controller.swap_rows(apply_model, args, previous))
     return patched
 
 
