@@ -35,4 +35,4 @@ if not torch.cuda.is_available():
     raise SystemExit("gpu_check: torch sees no CUDA device; stopping before building anything")
 PY
 export PYTHONUNBUFFERED=1
-timeout --signal=INT --kill-after=20 540 "$py" "$here/gpu_edit.py" "$@"
+timeout --signal=INT --kill-after=20 540 "$py" -m benchmarks.gpu_edit "$@"

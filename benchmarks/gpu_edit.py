@@ -21,19 +21,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent)]
+from psg_core.ddim import ddim_invert, ddim_sample
+from psg_core.guidance import TextGuidance
+from psg_core.losses import ImageLoss
+from psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text
+from psg_core.perceptual import PerceptualGuidance
 
-import sd15_shapes  # noqa: E402
-
-from psg_core.ddim import ddim_invert, ddim_sample  # noqa: E402
-from psg_core.guidance import TextGuidance  # noqa: E402
-from psg_core.losses import ImageLoss  # noqa: E402
-from psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text  # noqa: E402
-from psg_core.perceptual import PerceptualGuidance  # noqa: E402
+from . import sd15_shapes
 
 logger = logging.getLogger("gpu_edit")
 GiB = 2**30

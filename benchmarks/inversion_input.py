@@ -11,25 +11,22 @@ in N steps and samples it back unguided, and prints the RMSE to the clean latent
 
 side by side, from the same run (mean over 3 seeds), with denoiser calls per run.
 
-Run: .venv/bin/python benchmarks/inversion_input.py   (prints markdown; about a minute on a CPU)
+Run: .venv/bin/python -m benchmarks.inversion_input   (prints markdown; about a minute on a CPU)
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import torch
+from psg_testing.analytic import AnalyticMixture, inversion_sigmas
+
+from psg_core.ddim import InversionInput, ddim_invert, ddim_sample
+from psg_core.guidance import TextGuidance
+from psg_core.spaces import NoiseSpace
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from psg_testing.analytic import AnalyticMixture, inversion_sigmas  # noqa: E402
-
-from psg_core.ddim import InversionInput, ddim_invert, ddim_sample  # noqa: E402
-from psg_core.guidance import TextGuidance  # noqa: E402
-from psg_core.spaces import NoiseSpace  # noqa: E402
 
 F64 = torch.float64
 SEEDS = 3

@@ -6,26 +6,23 @@ near exact and what is left under CFG is drift), then sampling back under CFG 7.
 
     drift closed = (err_cfg - err_nulltext) / (err_cfg - err_unguided)      (1 = all of it)
 
-Run: .venv/bin/python benchmarks/null_text_table.py [--seeds 6] [--strength 3]   (prints markdown tables)
+Run: .venv/bin/python -m benchmarks.null_text_table [--seeds 6] [--strength 3]   (prints markdown tables)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
+from psg_testing.analytic import AnalyticMixture, inversion_sigmas
+
+from psg_core.ddim import ddim_invert, ddim_sample
+from psg_core.guidance import TextGuidance
+from psg_core.null_text import NullTextSchedule, optimize_null_text
+from psg_core.spaces import NoiseSpace
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from psg_testing.analytic import AnalyticMixture, inversion_sigmas  # noqa: E402
-
-from psg_core.ddim import ddim_invert, ddim_sample  # noqa: E402
-from psg_core.guidance import TextGuidance  # noqa: E402
-from psg_core.null_text import NullTextSchedule, optimize_null_text  # noqa: E402
-from psg_core.spaces import NoiseSpace  # noqa: E402
 
 F64 = torch.float64
 SCALE = 7.5

@@ -1,13 +1,13 @@
 """Prompt-to-prompt cost: a two-branch step with attention control and LocalBlend capture, against a
 one-branch step and against a plain model call with the same number of batch rows.
 
-Run:   .venv/bin/python benchmarks/p2p_cost.py            # full SD1.5 shapes, 128 px (~3-5 min, 2 cores)
-       .venv/bin/python benchmarks/p2p_cost.py --quick    # narrow SD1.5 topology
+Run:   .venv/bin/python -m benchmarks.p2p_cost            # full SD1.5 shapes, 128 px (~3-5 min, 2 cores)
+       .venv/bin/python -m benchmarks.p2p_cost --quick    # narrow SD1.5 topology
 Options: --size PX (default 128), --repeats N (median of N, default 3).
 
 Everything runs through the pack's own host path: a ModelPatcher around ComfyUI's SD1.5 UNet class
 (seeded random weights, benchmarks/sd15_shapes.py), cloned and patched by
-``nodes.attention_patches``, conds batched by ComfyUI's ``calc_cond_batch``, the step by
+``nodes.pipelines.attention_patches``, conds batched by ComfyUI's ``calc_cond_batch``, the step by
 ``psg_core.two_branch``. Timings are process CPU seconds, measured round-robin (A B C D A B C D ...)
 in one run, median per measurement (see benchmarks/run.py for why). The one-branch step and the
 plain row-matched call run on the same clone with the attention control idle (its patches then
@@ -30,11 +30,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "tests"), str(ROOT)]
+from . import sd15_shapes
+from .run import alternate
 
-import sd15_shapes  # noqa: E402
-from run import alternate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("benchmarks.p2p")
 SIGMA = 3.0
@@ -49,8 +48,8 @@ def load_pack():
     pack = importlib.util.module_from_spec(spec)
     sys.modules["psg_pack"] = pack
     spec.loader.exec_module(pack)
-    import psg_pack.nodes.attention_patches  # noqa: F401
     import psg_pack.nodes.host  # noqa: F401
+    import psg_pack.nodes.pipelines.attention_patches  # noqa: F401
     return pack
 
 
@@ -66,7 +65,7 @@ def main() -> int:
     import comfy.model_patcher
 
     pack = load_pack()
-    patches, host = pack.nodes.attention_patches, pack.nodes.host
+    patches, host = pack.nodes.pipelines.attention_patches, pack.nodes.host
     ac = pack.psg_core.attention_control
     from psg_pack.psg_core.ddim import ddim_step
     from psg_pack.psg_core.guidance import TextGuidance

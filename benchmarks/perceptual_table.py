@@ -7,25 +7,22 @@ random backbone: no ImageNet weights offline). Columns: the loss between the dec
 the photo, relative to unguided; how much of the edit survives (1 = all, 0 = undone); denoiser
 backward passes per run.
 
-Run: .venv/bin/python benchmarks/perceptual_table.py   (prints markdown)
+Run: .venv/bin/python -m benchmarks.perceptual_table   (prints markdown)
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 
+import lpips
 import torch
+from psg_testing.perceptual_scenario import CountBackward, build_scene, instrumented
+
+from psg_core.losses import ImageLoss
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import lpips  # noqa: E402
-from psg_testing.perceptual_scenario import CountBackward, build_scene, instrumented  # noqa: E402
-
-from psg_core.losses import ImageLoss  # noqa: E402
 
 SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 logger = logging.getLogger("perceptual_table")

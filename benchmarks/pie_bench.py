@@ -22,7 +22,7 @@ kept, changed settings redo them (``results.json`` next to it holds the records 
 ``--rerun`` redoes everything). Score with ``python -m psg_eval --data DATA --output OUT``.
 
 SD1.5 on a GPU server (see docs/evaluation.md):
-    .venv/bin/python benchmarks/pie_bench.py --data PIE-Bench/data --out output \\
+    .venv/bin/python -m benchmarks.pie_bench --data PIE-Bench/data --out output \\
         --server http://127.0.0.1:8188 --ckpt v1-5-pruned-emaonly.safetensors --guidance-vae taesd
 ``--size N`` edits at N x N and scales the result back to 512 (quick checks only; PIE-Bench is
 512 px).
@@ -41,17 +41,16 @@ from typing import Any
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+from psg_cli import workflow
+from psg_cli.batch import BatchRun, Worker
+from psg_cli.dataset import BatchItem
+from psg_cli.edit import EditRequest
+from psg_cli.errors import CliError
+from psg_cli.journal import latest_by_item
+from psg_cli.main import _add_common, add_ray, close_workers, workers
+from psg_eval import pie_bench as pie
 
-from psg_cli import workflow  # noqa: E402
-from psg_cli.batch import BatchRun, Worker  # noqa: E402
-from psg_cli.dataset import BatchItem  # noqa: E402
-from psg_cli.edit import EditRequest  # noqa: E402
-from psg_cli.errors import CliError  # noqa: E402
-from psg_cli.journal import latest_by_item  # noqa: E402
-from psg_cli.main import _add_common, add_ray, close_workers, workers  # noqa: E402
-from psg_eval import pie_bench as pie  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("pie_bench")
 EDIT_NODE = "PSG Edit"

@@ -13,14 +13,14 @@ SSIM to the photo (outside the edit's mask_box, PIE-Bench convention, via ``psg_
 CLIPScore to the target prompt, and seconds per edit. A markdown table goes to stdout.
 
 Real weights (the only way the numbers mean anything; ComfyUI's Python or this repo's .venv):
-    python benchmarks/quality_check.py --comfy-root ~/ComfyUI \\
+    python -m benchmarks.quality_check --comfy-root ~/ComfyUI \\
         --ckpt v1-5-pruned-emaonly.safetensors --taesd taesd --limit 7
   (taesd_encoder/decoder.safetensors in models/vae_approx, the AlexNet backbone in models/lpips, a
   transformers CLIP folder in models/clip_score or given with --clip DIR.)
 
 Stand-in (random-weight tiny model, TAESD, AlexNet and CLIP; checks the pipeline runs, the
 numbers are MEANINGLESS):
-    .venv/bin/python benchmarks/quality_check.py --stand-in --limit 1 --steps 2 --size 64
+    .venv/bin/python -m benchmarks.quality_check --stand-in --limit 1 --steps 2 --size 64
 """
 
 from __future__ import annotations
@@ -40,14 +40,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from psg_cli import roles, workflow
+from psg_cli.dataset import BatchItem, load_dataset, safe_stem
+from psg_cli.edit import EditRequest, run_edit
+from psg_cli.errors import CliError
+from psg_core.report import measure_item
 
-from psg_cli import roles, workflow  # noqa: E402
-from psg_cli.dataset import BatchItem, load_dataset, safe_stem  # noqa: E402
-from psg_cli.edit import EditRequest, run_edit  # noqa: E402
-from psg_cli.errors import CliError  # noqa: E402
-from psg_core.report import measure_item  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("quality_check")
 DEFAULT_DATASET = ROOT / "examples" / "edits.json"

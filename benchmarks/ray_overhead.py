@@ -1,6 +1,6 @@
 """What Ray and the batch journal cost per edit, against the plain in-process backend.
 
-Run:   .venv/bin/python benchmarks/ray_overhead.py [--items 12] [--steps 4] [--size 64]
+Run:   .venv/bin/python -m benchmarks.ray_overhead [--items 12] [--steps 4] [--size 64]
 
 All in one run, on the tiny random-weight SD1.5 test checkpoint (img2img graph of the CLI tests,
 CPU, one torch thread per process), after one untimed warm-up edit on every worker; the engines
@@ -27,16 +27,11 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT, ROOT / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before anything below loads torch
 
 from psg_testing import host  # noqa: E402
 from psg_testing.cli_support import img2img_workflow, write_json, write_photo  # noqa: E402

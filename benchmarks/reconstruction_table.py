@@ -1,25 +1,22 @@
 """Reconstruction tables for docs/method.md, measured on the exact analytic denoiser.
 
-Run: .venv/bin/python benchmarks/reconstruction_table.py   (prints markdown)
+Run: .venv/bin/python -m benchmarks.reconstruction_table   (prints markdown)
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import torch
+from psg_testing.analytic import AnalyticMixture, inversion_sigmas
+
+from psg_core.ddim import ddim_invert, ddim_sample
+from psg_core.guidance import TextGuidance
+from psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text
+from psg_core.spaces import NoiseSpace
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from psg_testing.analytic import AnalyticMixture, inversion_sigmas  # noqa: E402
-
-from psg_core.ddim import ddim_invert, ddim_sample  # noqa: E402
-from psg_core.guidance import TextGuidance  # noqa: E402
-from psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text  # noqa: E402
-from psg_core.spaces import NoiseSpace  # noqa: E402
 
 F64 = torch.float64
 

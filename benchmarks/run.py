@@ -1,7 +1,7 @@
 """PSG cost benchmarks: ratios measured side by side in ONE run.
 
-Run:   .venv/bin/python benchmarks/run.py            # full SD1.5 shapes, 128 px (~5 min, 2 cores)
-       .venv/bin/python benchmarks/run.py --quick    # narrow SD1.5 topology (~1-2 min)
+Run:   .venv/bin/python -m benchmarks.run            # full SD1.5 shapes, 128 px (~5 min, 2 cores)
+       .venv/bin/python -m benchmarks.run --quick    # narrow SD1.5 topology (~1-2 min)
 Options: --size PX (default 128), --repeats N (median of N, default 3), --skip-host.
 
 Why ratios: the CPUs here are shared, so seconds are noise; a ratio of two things measured
@@ -41,17 +41,16 @@ from pathlib import Path
 
 import torch
 
+from psg_core.ddim import ddim_invert, ddim_sample
+from psg_core.guidance import TextGuidance
+from psg_core.losses import ImageLoss
+from psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text
+from psg_core.perceptual import PerceptualGuidance
+from psg_core.spaces import NoiseSpace
+
+from . import sd15_shapes
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "tests"), str(ROOT)]
-
-import sd15_shapes  # noqa: E402
-
-from psg_core.ddim import ddim_invert, ddim_sample  # noqa: E402
-from psg_core.guidance import TextGuidance  # noqa: E402
-from psg_core.losses import ImageLoss  # noqa: E402
-from psg_core.null_text import direct_inversion_offsets, negative_prompt_nulls, optimize_null_text  # noqa: E402
-from psg_core.perceptual import PerceptualGuidance  # noqa: E402
-from psg_core.spaces import NoiseSpace  # noqa: E402
 
 logger = logging.getLogger("benchmarks")
 MiB = 2**20
@@ -122,7 +121,10 @@ def memory_method_available() -> bool:
 def ensure_mmap_allocations() -> None:
     """Re-exec once with glibc serving every allocation >= 64 KiB by mmap (module docstring)."""
     if os.environ.get(MMAP_ENV) != MMAP_THRESHOLD:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, MMAP_ENV: MMAP_THRESHOLD})
+        main_spec = sys.modules["__main__"].__spec__  # run as ``python -m benchmarks.<name>``
+        command = ["-m", main_spec.name] if main_spec is not None else [sys.argv[0]]
+        os.execve(sys.executable, [sys.executable, *command, *sys.argv[1:]],
+                  {**os.environ, MMAP_ENV: MMAP_THRESHOLD})
 
 
 def peak_bytes(fn: Callable[[], object]) -> int:

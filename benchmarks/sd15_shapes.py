@@ -22,11 +22,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT / "tests"), str(ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
 logger = logging.getLogger(__name__)
 
 TEXT_TOKENS = 77
@@ -59,7 +54,7 @@ def comfy_import(cpu: bool) -> Path:
     root = host.find_comfyui_root()
     if root is None:
         raise RuntimeError(host.no_host_message())
-    if str(root) not in sys.path:
+    if str(root) not in sys.path:  # the ComfyUI host itself (psg_testing.host does so for the CPU)
         sys.path.insert(0, str(root))
     import comfy.cli_args  # noqa: F401  (GPU: ComfyUI's default device selection)
 

@@ -1,6 +1,6 @@
 """Soak: N headless one-node edits queued at once on a real ComfyUI server.
 
-Run:   .venv/bin/python benchmarks/soak.py [--runs 50] [--first 5] [--keep]
+Run:   .venv/bin/python -m benchmarks.soak [--runs 50] [--first 5] [--keep]
 
 A real ``main.py --cpu`` (this pack linked in, tiny random-weight SD1.5 test checkpoint, 64 px,
 2 steps, null-text optimisation and LPIPS guidance on, through a random-weight TAESD guidance VAE
@@ -32,13 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from psg_testing import host
+from psg_testing.host_server import ComfyServer
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "tests") not in sys.path:  # psg_testing: the server harness the host tests use
-    sys.path.insert(0, str(ROOT / "tests"))
-
-from psg_testing import host  # noqa: E402
-from psg_testing.host_server import ComfyServer  # noqa: E402
 
 logger = logging.getLogger("benchmarks.soak")
 MiB = 2**20
@@ -172,7 +169,7 @@ def main() -> int:
     text, ok = table(samples, args.first, settle_s, files_before)
     machine = (f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                f"Python {platform.python_version()}, ComfyUI at {root}, {datetime.date.today()}")
-    print(f"\n{machine}\nCommand: .venv/bin/python benchmarks/soak.py --runs {args.runs} --first {args.first} "
+    print(f"\n{machine}\nCommand: .venv/bin/python -m benchmarks.soak --runs {args.runs} --first {args.first} "
           f"--guidance-vae {args.guidance_vae}\n")
     print(text)
     print(f"Idle RSS after the queue: {idle_rss / MiB:.1f} MiB "

@@ -1,6 +1,6 @@
 """The PIE-Bench runner and evaluator end to end on a generated mini set (no dataset, no weights).
 
-``benchmarks/pie_bench.py`` runs the shipped psg_edit workflow (tiny random-weight SD1.5-shaped
+``python -m benchmarks.pie_bench`` runs the shipped psg_edit workflow (tiny random-weight SD1.5-shaped
 checkpoint, in-process ComfyUI, 64 px, 2 steps) for three methods over the mini set and must
 write exactly PnPInversion's layout (``output/<method>/annotation_images/<image_path>``), resume
 without redoing anything, and feed the mask only to ``+psg-mask`` methods. ``python -m psg_eval``
@@ -53,7 +53,7 @@ def bench(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     host.populate_custom_nodes(base / "custom_nodes")
     save_random_alexnet(base / "models" / "lpips")
     wf = write_json(root / "psg_edit_tiny.json", swap_checkpoint_loader(load_workflow("psg_edit"), family="sd15"))
-    runner = (host.REPO_ROOT / "benchmarks" / "pie_bench.py", "--data", data, "--out", root / "output",
+    runner = ("-m", "benchmarks.pie_bench", "--data", data, "--out", root / "output",
               "--comfy-root", comfy_root, "--base-directory", base, "--cpu", "--workflow", wf,
               "--guidance-vae", "none", "--size", "64", "--steps", "2", "--set", "PSG Edit.inner_steps=2",
               "--seed", "0", "--methods", *METHODS)

@@ -1,4 +1,4 @@
-"""``benchmarks/quality_check.py --stand-in`` end to end in a subprocess: the shipped psg_edit
+"""``python -m benchmarks.quality_check --stand-in`` end to end in a subprocess: the shipped psg_edit
 workflow runs through the CLI's in-process ComfyUI with a tiny random-weight model, random TAESD
 (loaded by VAELoader), random AlexNet and tiny CLIP, for the four guidance variants, and prints a
 table of finite numbers under a banner saying they are meaningless."""
@@ -23,7 +23,7 @@ def test_host_quality_check_stand_in_prints_four_finite_rows_and_the_banner(comf
     dataset = tmp_path / "edits.json"
     dataset.write_text(json.dumps({"edits": [MASKED_EDIT]}), encoding="utf-8")  # a background to measure
     proc = subprocess.run(
-        [sys.executable, str(host.REPO_ROOT / "benchmarks" / "quality_check.py"), "--stand-in", "--limit", "1",
+        [sys.executable, "-m", "benchmarks.quality_check", "--stand-in", "--limit", "1",
          "--steps", "2", "--size", "64", "--comfy-root", str(comfy_root), "--dataset", str(dataset),
          "--json", str(tmp_path / "means.json")],
         cwd=host.REPO_ROOT, env={**cli_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)

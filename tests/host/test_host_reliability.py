@@ -14,7 +14,6 @@ import gc
 import json
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -688,12 +687,9 @@ def test_host_reliability_bitwise_deterministic_across_runs_and_restart(server, 
 def test_host_reliability_soak_benchmark_measures_a_short_queue(server):
     """benchmarks/soak.py's measuring code on the session server with 3 queued edits: every run
     gets a peak RSS, the table carries the verdict rows (the 50-run figures are in RESULTS.md)."""
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("psg_soak", host.REPO_ROOT / "benchmarks" / "soak.py")
-    soak = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = soak  # dataclasses look their module up
-    spec.loader.exec_module(soak)
+    soak = importlib.import_module("benchmarks.soak")
     files_before = soak.count_files(server.base_dir)
     samples = soak.soak(server, runs=3, timeout_s=120)
     assert [s.index for s in samples] == [1, 2, 3]
