@@ -42,7 +42,7 @@ def photo128(comfy_host) -> str:
 
 
 def test_host_p2p_tiny_models_have_real_attention_blocks(tiny_models, comfy_host) -> None:
-    patches = comfy_host.pack_module().nodes.attention_patches
+    patches = comfy_host.pack_module().nodes.pipelines.attention_patches
     for family in ("sd15", "sdxl"):
         blocks = patches.transformer_blocks(tiny_models(family).model)
         assert ("middle", 0) in blocks and any(b[0] == "input" for b in blocks) and any(b[0] == "output" for b in blocks)
@@ -139,7 +139,7 @@ def test_host_p2p_source_branch_with_offsets_is_the_direct_inversion_reconstruct
 
         nodes.host.run_on_host(tm.model, conds, torch.zeros(inv.latent_shape), body, family=family, fallback="null",
                                sigmas=inv.sigmas, node="t")
-        settings = nodes.attention_patches.P2PSettings()
+        settings = nodes.pipelines.attention_patches.P2PSettings()
         edit, source, _ = nodes.pipelines.p2p.run_p2p(tm.model, tm.clip, inv, SOURCE, SWAP, settings, 0.0, 3.0)
     floor = float((plain["batched"] - plain["one_by_one"]).abs().max())
     assert float((plain["batched"] - photo_latent).abs().max()) < 1e-3  # offsets retrace the inversion
@@ -170,7 +170,7 @@ def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, s
                                               null=None, node="test")
         inv = nodes.pipelines.inversion.optimise_text(tm.model, inv, source, null, mode="negative-prompt",
                                                   guidance_scale=3.0, inner_steps=1, tolerance=1e-5, node="test")
-        p2p = nodes.attention_patches
+        p2p = nodes.pipelines.attention_patches
         mode = pack.psg_core.attention_control.P2PMode(settings.pop("mode", "replace"))
         cfg = p2p.P2PSettings(mode=mode, **settings)
         guidance = perceptual(inv, image) if perceptual is not None else None
@@ -215,7 +215,7 @@ def test_host_p2p_reweight_scales_the_word_column(comfy_host, tiny_models) -> No
 
 
 def test_host_p2p_alignment_on_real_tokens(comfy_host, tiny_models, caplog) -> None:
-    patches = comfy_host.pack_module().nodes.attention_patches
+    patches = comfy_host.pack_module().nodes.pipelines.attention_patches
     modes = comfy_host.pack_module().psg_core.attention_control.P2PMode
     clip = tiny_models("sd15").clip
     src = patches.prompt_tokens(clip, SOURCE, "t")
