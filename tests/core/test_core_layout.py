@@ -5,7 +5,10 @@ architecture page names exists where it says."""
 from __future__ import annotations
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,33 @@ def test_core_layout_core_imports_no_host_or_pack_code():
             assert not (level == 0 and top in HOST_MODULES), f"{path.name} imports {module}"
             assert level <= 1, f"{path.name} imports outside psg_core ({'.' * level}{module})"
             assert top not in ("nodes", "psg_cli"), f"{path.name} imports {module}"
+
+
+OUTSIDE_CORE = ("comfy", "folder_paths", "nodes", "psg_cli", "psg_eval", "psg_testing", "server",
+                "latent_preview", "node_helpers")
+"""Top-level modules the core must never bring in: the host, the node layer, the client, evaluation."""
+IMPORT_ALL_CORE = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+before = set(sys.modules)
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_core_layout_core_imports_nothing_outside_the_core_in_a_clean_interpreter():
+    """Every psg_core module imported in a fresh isolated interpreter (-I: no PYTHONPATH, so no
+    ComfyUI; only the repository root added): no host, node, client or evaluation module loads,
+    whatever a module imports lazily at import time or through psg_core/__init__."""
+    core = sorted(f"psg_core.{p.stem}" for p in (ROOT / "psg_core").glob("*.py") if p.stem != "__init__")
+    proc = subprocess.run([sys.executable, "-I", "-c", IMPORT_ALL_CORE, str(ROOT), *core],
+                          capture_output=True, text=True, timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert set(core) <= set(loaded), set(core) - set(loaded)
+    leaked = [m for m in loaded if m.split(".")[0].startswith(OUTSIDE_CORE)]
+    assert not leaked, f"importing psg_core loads {leaked}"
 
 
 def test_core_layout_node_modules_import_no_other_node_module():
