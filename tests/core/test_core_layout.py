@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "node_helpers", "server")
+HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "node_helpers",
+                "server")
 MAX_NODE_MODULE_LINES = 150
 LONGER_NODE_MODULES = {"metrics.py": "four evaluation nodes with their model-folder pickers"}
 
@@ -33,8 +34,24 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def defines_nodes(path: Path) -> bool:
+    """Whether ``path`` declares a node class (a subclass of ``io.ComfyNode``)."""
+    classes = [n for n in ast.walk(ast.parse(path.read_text(), str(path))) if isinstance(n, ast.ClassDef)]
+    return any(ast.unparse(base).endswith("ComfyNode") for c in classes for base in c.bases)
+
+
 def node_modules() -> list[Path]:
-    return sorted([*ROOT.glob("nodes/*_nodes.py"), ROOT / "nodes" / "metrics.py"])
+    """The modules of nodes/ that declare node classes, by their content (not only ``*_nodes.py``)."""
+    return sorted(p for p in ROOT.glob("nodes/*.py") if defines_nodes(p))
+
+
+def test_core_layout_node_classes_only_in_node_modules():
+    """Every ``*_nodes.py`` declares nodes, and the host adapter and the pipelines declare none."""
+    found = node_modules()
+    assert set(ROOT.glob("nodes/*_nodes.py")) <= set(found) and len(found) >= 10, found
+    for folder in ("host", "pipelines"):
+        declaring = [p.name for p in (ROOT / "nodes" / folder).glob("*.py") if defines_nodes(p)]
+        assert not declaring, f"nodes/{folder}/ declares node classes in {declaring}"
 
 
 def test_core_layout_core_imports_no_host_or_pack_code():
@@ -85,7 +102,8 @@ def test_core_layout_adapter_and_pipelines_import_no_node_module(folder):
     names = {p.stem for p in node_modules()}
     for path in sorted((ROOT / "nodes" / folder).glob("*.py")):
         for level, module in imports_of(path):
-            assert not (level == 2 and module.split(".")[0] in names), f"{folder}/{path.name} imports ..{module}"
+            imported = module.split(".")[0]
+            assert not (level == 2 and imported in names), f"{folder}/{path.name} imports ..{module}"
 
 
 def test_core_layout_node_modules_are_short():
@@ -93,7 +111,8 @@ def test_core_layout_node_modules_are_short():
         lines = len(path.read_text().splitlines())
         if path.name in LONGER_NODE_MODULES:
             continue
-        assert lines <= MAX_NODE_MODULE_LINES, f"{path.name}: {lines} lines; move the mechanism to nodes/pipelines"
+        assert lines <= MAX_NODE_MODULE_LINES, (
+            f"{path.name}: {lines} lines; move the mechanism to nodes/pipelines")
 
 
 def test_core_layout_architecture_names_exist():
@@ -112,6 +131,7 @@ def test_core_layout_architecture_names_exist():
                 defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
                 continue
             assert file is not None, f"{item!r} named before its file: {row}"
-            assert item.split(".")[-1] in defined, f"docs/architecture.md names {file}: {item}, not defined there"
+            assert item.split(".")[-1] in defined, (
+                f"docs/architecture.md names {file}: {item}, not defined there")
             checked += 1
     assert checked >= 15
