@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PSG GPU check: a random-weight full-size SD1.5 built from ComfyUI's own
 # classes on CUDA; a 512 px, 50-step edit timed per phase (encode, inversion, null-text
-# optimisation, LPIPS-guided sampling, decode) with peak GPU memory, then the sampling variants
+# optimization, LPIPS-guided sampling, decode) with peak GPU memory, then the sampling variants
 # (no guidance, TAESD, half resolution, checkpointed decode) and the fast text modes.
 #
 # Usage (from anywhere):  benchmarks/gpu_check.sh [extra gpu_edit.py options, e.g. --dtype fp32]

@@ -3,10 +3,10 @@ memory per phase. Run it through ``benchmarks/gpu_check.sh``.
 
 Why random weights: the cost of a phase depends on the architecture and the number of passes,
 not on the weights, and a GPU machine may have no checkpoint. The one caveat is null-text
-optimisation's early stop: it reacts to the reconstruction error, so with random weights it may
+optimization's early stop: it reacts to the reconstruction error, so with random weights it may
 run all ``inner_steps`` per step (the worst case; the count of passes is printed).
 
-Phases: encode (VAE encoder), inversion (50 steps, source prompt), null-text optimisation (10
+Phases: encode (VAE encoder), inversion (50 steps, source prompt), null-text optimization (10
 inner, fitted at w_source + w_edit), sampling (triple prompt + LPIPS guidance on the decoded
 Tweedie x0 through the full VAE decoder), decode; then the sampling variants (no perceptual
 guidance, TAESD, half resolution, checkpointed decode + loss at 1/2 size) and the fast text modes.
@@ -112,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         return PerceptualGuidance(decode, photo, loss=metric, **kw)
 
     # The core is called directly (as the nodes do inside their gradient context), so no
-    # inference_mode here: null-text optimisation differentiates the null embedding.
+    # inference_mode here: null-text optimization differentiates the null embedding.
     with measured(phases, "encode"), torch.no_grad():
         z = shapes.vae.first_stage_model.encode(photo.to(shapes.vae_dtype) * 2 - 1)
         x0 = shapes.unet.process_latent_in(z).to(dtype)
     with measured(phases, "inversion", f"{args.steps} calls, batch 1"):
         den.calls = 0
         traj = ddim_invert(den, x0, sig_up, source)
-    with measured(phases, "null-text optimisation"):
+    with measured(phases, "null-text optimization"):
         den.calls = 0
         nulls = optimize_null_text(den, traj, source, null, guidance_scale=W_SOURCE + W_EDIT,
                                    inner_steps=args.inner_steps)

@@ -1,4 +1,4 @@
-"""Null-text optimisation: how much of the CFG drift each schedule closes, and at what cost.
+"""Null-text optimization: how much of the CFG drift each schedule closes, and at what cost.
 
 Exact Gaussian-mixture denoiser (tests/psg_testing/analytic.py), float64. Per seed: a latent drawn
 from the source component, a fixed-point refined DDIM inversion (so the unguided round trip is
@@ -60,7 +60,7 @@ def measure(space: NoiseSpace, steps: int, seed: int, schedule: NullTextSchedule
 
     unguided, plain = err(1.0), err(SCALE)
     model.calls = 0
-    if shared:  # one null for the whole batch: optimise against the batch as one image
+    if shared:  # one null for the whole batch: optimize against the batch as one image
         nulls = _shared_nulls(model, traj, source, null, schedule)
     else:
         nulls = optimize_null_text(model, traj, source, null, guidance_scale=SCALE, schedule=schedule)

@@ -11,7 +11,7 @@ times, e.g. one ComfyUI per GPU; ``--comfy-root`` in-process; ``--ray [ADDRESS|a
 ``<text guidance>[+psg[-mask]]``:
 
     ddim-cfg          DDIM inversion + plain CFG (PSG Edit text_optimisation = none)
-    null-text         null-text optimisation         negative-prompt   negative-prompt inversion
+    null-text         null-text optimization         negative-prompt   negative-prompt inversion
     direct-offsets    direct-inversion offsets
     +psg              perceptual (LPIPS) guidance on (scale from the workflow or --psg-scale)
     +psg-mask         ... with PIE-Bench's mask given to it (1 = edited, free to change)

@@ -264,7 +264,7 @@ def memory_section(table: Table, steps: Steps) -> None:
 
 
 class GradCounter:
-    """Counts the denoiser calls made with autograd on (the null-text optimisation passes)."""
+    """Counts the denoiser calls made with autograd on (the null-text optimization passes)."""
 
     def __init__(self, model: Callable) -> None:
         self.model, self.with_grad, self.calls = model, 0, 0
@@ -387,7 +387,7 @@ def _edit_graph(base: Path, steps: int, inner_steps: int) -> tuple[dict, list[tu
     prompt = g.finalize()
     setup = [n.id for n in (ck, source, edit, null, image, lp)]
     return prompt, [("setup", setup), ("encode", [latent.id]), ("inversion", [inv.id]),
-                    ("optimisation", [opt.id]), ("sampling", [run.id]), ("decode", [decode.id])]
+                    ("optimization", [opt.id]), ("sampling", [run.id]), ("decode", [decode.id])]
 
 
 # --------------------------------------------------------------------------- main
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         step_section(table, steps, repeats)
     with section("peak memory"):
         memory_section(table, steps)
-    with section("null-text optimisation (analytic)"):
+    with section("null-text optimization (analytic)"):
         null_text_section(table)
     if not args.skip_host:
         with section("whole edit through ComfyUI"):

@@ -3,7 +3,7 @@
 Run:   .venv/bin/python -m benchmarks.soak [--runs 50] [--first 5] [--keep]
 
 A real ``main.py --cpu`` (this pack linked in, tiny random-weight SD1.5 test checkpoint, 64 px,
-2 steps, null-text optimisation and LPIPS guidance on, through a random-weight TAESD guidance VAE
+2 steps, null-text optimization and LPIPS guidance on, through a random-weight TAESD guidance VAE
 loaded by VAELoader unless ``--guidance-vae none``) gets all edits queued at once, each with
 its own seed so none is served from the cache. Its only output node is Preview Any on the loss
 list, so the runs write no files by design and any file that appears is a leak.

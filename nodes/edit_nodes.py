@@ -1,4 +1,4 @@
-"""One-node edit: inversion -> text optimisation -> the guider + sampler of the advanced graph -> decode."""
+"""One-node edit: inversion -> text optimization -> the guider + sampler of the advanced graph -> decode."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..psg_core.perceptual import DEFAULT_SCALE
 from . import host, validation
-from .pipelines.edit import NO_OPTIMISATION
+from .pipelines.edit import NO_OPTIMIZATION
 from .pipelines.edit import edit as run_edit
 from .pipelines.perceptual import GUIDANCE_RESOLUTIONS, PerceptualSettings
 from .psg_types import TEXT_MODE_NAMES, PSGLpipsType, TextMode
@@ -26,7 +26,7 @@ class PSGEdit(io.ComfyNode):
             category="PSG",
             description=(
                 "Edits a real photo with a text prompt: DDIM inversion under the source caption, text-guidance "
-                "optimisation, triple-prompt guidance (null / source / edit) and LPIPS perceptual-similarity "
+                "optimization, triple-prompt guidance (null / source / edit) and LPIPS perceptual-similarity "
                 "guidance towards the photo. Same inputs, same output. A guidance_vae (Load VAE -> taesd) and/or "
                 "guidance_resolution 1/2 make the perceptual steps much cheaper; the result is always decoded "
                 "with the main vae."
@@ -43,7 +43,7 @@ class PSGEdit(io.ComfyNode):
                 io.Combo.Input("scheduler", options=host.SCHEDULERS, default=host.DEFAULT_SCHEDULER, tooltip="Sigma schedule for inversion and sampling; 'simple' matches DDIM."),
                 io.Float.Input("w_source", default=0.0, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (source - null). 0 = plain CFG on the edit prompt."),
                 io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (edit - null), the CFG scale; 0 reconstructs the photo. 5-10 typical."),
-                io.Combo.Input("text_optimisation", options=[*TEXT_MODE_NAMES, NO_OPTIMISATION], default=TextMode.NULL_TEXT.value, tooltip="How to keep the unedited content: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast), none. Fitted at scale w_source + w_edit."),
+                io.Combo.Input("text_optimisation", options=[*TEXT_MODE_NAMES, NO_OPTIMIZATION], default=TextMode.NULL_TEXT.value, tooltip="How to keep the unedited content: 'null-text optimisation' (best, slow), 'negative-prompt' (free), 'direct offsets' (fast), 'none'. Fitted at scale w_source + w_edit."),
                 io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text: the budget per step, as in prompt-to-prompt: 10 = at most 12 model calls (the default schedule usually stops after 3-4)."),
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.001, tooltip="Perceptual (LPIPS) guidance strength; 0 turns it off. 0.5-2 typical; higher keeps more of the photo."),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the run where perceptual guidance starts."),

@@ -1,10 +1,10 @@
 """PSG Edit's memory of its last inversions, so changing only sampling knobs (perceptual scale,
 start / end, the edit prompt, w_edit for modes that need no fitting, mask, guidance VAE) goes
-straight to sampling instead of re-running DDIM inversion and null-text optimisation.
+straight to sampling instead of re-running DDIM inversion and null-text optimization.
 
 ComfyUI's own cache re-runs a node whenever any of its inputs changes, so PSG Edit keeps its
 intermediate results itself: the inversion keyed by model, photo, source prompt, steps and
-scheduler; the text optimisation additionally by null prompt, mode, guidance scale and inner
+scheduler; the text optimization additionally by null prompt, mode, guidance scale and inner
 steps. A fingerprint is a hash of the tensors' bytes, so equal inputs from different runs match.
 """
 
@@ -20,7 +20,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 MAX_ENTRIES = 8
-"""Results kept (an inversion and its text optimisation count two): a few photos' worth of CPU tensors."""
+"""Results kept (an inversion and its text optimization count two): a few photos' worth of CPU tensors."""
 
 
 def fingerprint(*parts: Any) -> str:

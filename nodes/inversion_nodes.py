@@ -1,4 +1,4 @@
-"""DDIM inversion and text-guidance optimisation nodes."""
+"""DDIM inversion and text-guidance optimization nodes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from comfy_api.latest import io
 
 from . import host, validation
-from .pipelines.inversion import invert, latent_samples, optimise_text
+from .pipelines.inversion import invert, latent_samples, optimize_text
 from .psg_types import TEXT_MODE_NAMES, PSGInversionType, TextMode
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class PSGDDIMInversion(io.ComfyNode):
                 io.Int.Input("refine", default=0, min=0, max=10, optional=True, tooltip=REFINE_TOOLTIP),
             ],
             outputs=[
-                PSGInversionType.Output(display_name="inversion", tooltip="The inversion trajectory (latents, sigmas, model family) for the PSG optimiser, guider, sampler and save nodes."),
+                PSGInversionType.Output(display_name="inversion", tooltip="The inversion trajectory (latents, sigmas, model family) for the PSG optimizer, guider, sampler and save nodes."),
                 io.Latent.Output(display_name="noise", tooltip="The inverted noise latent; sample from it with noise disabled to rebuild or edit the image. On flow models (SD3/Flux) use the PSG Perceptual Sampler: a stock sampler with Disable Noise starts them from 0."),
             ],
         )
@@ -76,10 +76,10 @@ class PSGTextGuidanceOptimize(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="PSGTextGuidanceOptimize",
-            display_name="PSG Text Guidance Optimisation",
+            display_name="PSG Text Guidance Optimization",
             category="PSG/inversion",
             description=(
-                "Makes guided sampling reproduce the inverted image. null-text optimisation tunes one null "
+                "Makes guided sampling reproduce the inverted image. null-text optimization tunes one null "
                 "embedding per step (Mokady et al.; best fidelity, slowest); negative-prompt uses the source "
                 "prompt as the null (free); direct offsets store the per-step latent drift (fast, exact)."
             ),
@@ -87,8 +87,8 @@ class PSGTextGuidanceOptimize(io.ComfyNode):
                 io.Model.Input("model", tooltip="The same model the inversion was made with."),
                 PSGInversionType.Input("inversion", tooltip="The output of PSG DDIM Inversion."),
                 io.Conditioning.Input("source", tooltip="The source prompt used for the inversion."),
-                io.Conditioning.Input("null", tooltip="The null (empty) prompt, the starting point of the optimisation."),
-                io.Combo.Input("mode", options=TEXT_MODE_NAMES, default=TextMode.NULL_TEXT.value, tooltip="null-text optimisation (best), negative-prompt (free) or direct offsets (fast)."),
+                io.Conditioning.Input("null", tooltip="The null (empty) prompt, the starting point of the optimization."),
+                io.Combo.Input("mode", options=TEXT_MODE_NAMES, default=TextMode.NULL_TEXT.value, tooltip="'null-text optimisation' (best), 'negative-prompt' (free) or 'direct offsets' (fast)."),
                 io.Float.Input("guidance_scale", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The CFG scale sampling will use on the source prompt; 7.5 as in the paper."),
                 io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text only. The budget per step, as in prompt-to-prompt: 10 = at most 12 model calls (1 source + 10 Adam steps + 1 final for the reference schedule; the secant default usually stops after 3-4)."),
                 io.Float.Input("tolerance", default=1e-4, min=0.0, max=1.0, step=1e-5, round=1e-7, tooltip="Null-text, secant schedule: stop a step once its landing error is below this fraction of the latent's size (1e-4). The reference schedule uses prompt-to-prompt's own thresholds."),
@@ -111,9 +111,9 @@ class PSGTextGuidanceOptimize(io.ComfyNode):
     @classmethod
     def execute(cls, model, inversion, source, null, mode, guidance_scale, inner_steps, tolerance,
                 schedule="secant") -> io.NodeOutput:
-        node = "PSG Text Guidance Optimisation"
+        node = "PSG Text Guidance Optimization"
         host.embedding_of(source, "source", node)
         host.embedding_of(null, "null", node)
-        inv = optimise_text(model, inversion, source, null, mode=mode, guidance_scale=guidance_scale,
+        inv = optimize_text(model, inversion, source, null, mode=mode, guidance_scale=guidance_scale,
                             inner_steps=inner_steps, tolerance=tolerance, node=node, schedule=schedule)
         return io.NodeOutput(inv)

@@ -20,9 +20,11 @@ PSGLossesType = io.Custom("PSG_LOSSES")
 
 
 class TextMode(str, Enum):
-    """How text guidance is made to retrace the inversion (stored in ``PSGInversion.mode`` by value)."""
+    """How text guidance is made to retrace the inversion (stored in ``PSGInversion.mode`` by value).
 
-    NULL_TEXT = "null-text optimisation"  # one optimised null embedding per step (Mokady et al.)
+    The values are what saved workflows and inversion files hold, so they keep their spelling."""
+
+    NULL_TEXT = "null-text optimisation"  # one optimized null embedding per step (Mokady et al.)
     NEGATIVE_PROMPT = "negative-prompt"  # the source prompt as the null: free
     DIRECT_OFFSETS = "direct offsets"  # the per-step latent drift, added back while sampling
 
@@ -41,7 +43,7 @@ class PSGInversion:
     it was made with and the text guidance fitted to it.
 
     ``nulls[j]`` / ``offsets[j]`` belong to reverse step j (j = 0 starts at the noisiest latent), as
-    returned by the core's optimisers; ``family`` is checked against the model it is used with.
+    returned by the core's optimizers; ``family`` is checked against the model it is used with.
     """
 
     family: str

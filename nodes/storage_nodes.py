@@ -29,10 +29,10 @@ class PSGSaveInversion(io.ComfyNode):
             category="PSG/inversion",
             description=(
                 "Saves an inversion to output/psg_inversions/ as safetensors, with the model family, latent "
-                "shape and step count, so later edits of the same photo can skip inversion and optimisation."
+                "shape and step count, so later edits of the same photo can skip inversion and optimization."
             ),
             inputs=[
-                PSGInversionType.Input("inversion", tooltip="The inversion to save (optimised or not)."),
+                PSGInversionType.Input("inversion", tooltip="The inversion to save (optimized or not)."),
                 io.String.Input("filename_prefix", default="psg_inversion", tooltip="File name prefix inside output/psg_inversions/; a counter is appended. Sub-folders allowed, leaving the folder is not."),
             ],
             outputs=[io.String.Output(display_name="file", tooltip="The saved file's name as PSG Load Inversion lists it.")],

@@ -17,7 +17,7 @@ which feeds the current DDPM latent at the next timestep) implies, r(s) = sqrt(a
 
 (``InversionInput.LATENT`` feeds x itself, D(x, s'): measurably worse in both spaces, kept for
 comparison). The approximation D(x_in, s') for D(x_s', s') is what makes inversion first order
-and what null-text optimisation corrects.
+and what null-text optimization corrects.
 
 ``fixed_point_iters > 0`` refines each step (s > 0) by solving the sampler's own step backwards,
 x_next = (b(s') / b(s)) (x - a(s) D(x_next, s')) + a(s') D(x_next, s'), by fixed-point iteration
@@ -149,7 +149,7 @@ def ddim_invert(
     """DDIM-invert the clean latent ``x0`` along ascending ``sigmas`` under ``cond``.
 
     With ``null`` and ``guidance_scale != 1`` the inversion itself runs under CFG (both conds in
-    one call); the default, unguided inversion is what null-text optimisation expects.
+    one call); the default, unguided inversion is what null-text optimization expects.
     ``fixed_point_iters`` refines every step above sigma 0 (module docstring); ``convention`` says
     what the model sees at the next level (``InversionInput``).
     """
@@ -196,7 +196,7 @@ def ddim_sample(
 
     ``guidance=None``: the denoiser already returns the final x0 for ``conds=[None]`` (a ComfyUI
     GUIDER did the mixing). ``nulls[i]`` replaces the null cond at reverse step i (null-text
-    optimisation), ``offsets[i]`` is added to the latent after step i (direct inversion), and
+    optimization), ``offsets[i]`` is added to the latent after step i (direct inversion), and
     ``perceptual`` may correct (x0_hat, eps_hat) before the step is taken.
     """
     _check_sigmas(sigmas, ascending=False, what="ddim_sample")

@@ -1,9 +1,9 @@
-"""Text-guidance optimisation: make CFG sampling retrace a DDIM inversion.
+"""Text-guidance optimization: make CFG sampling retrace a DDIM inversion.
 
 Plain inversion + CFG sampling drifts: the inversion followed D(x, source), the sampler follows
 D_null + g (D_source - D_null). Three remedies, each giving per-step inputs for ``ddim_sample``:
 
-- ``optimize_null_text`` (Mokady et al. 2023): one optimised null embedding per reverse step
+- ``optimize_null_text`` (Mokady et al. 2023): one optimized null embedding per reverse step
   (and per image). Most faithful and keeps CFG's editing strength; costs up to ``inner_steps + 2``
   denoiser passes per step. Preferable when quality matters and the edit relies on the null
   branch. Two schedules (``NullTextSchedule``): the default secant solver, and the reference
@@ -32,7 +32,7 @@ from .spaces import coefficients
 
 
 class NullTextSchedule(str, Enum):
-    """How each reverse step's null embedding is fitted (docs/method.md, text-guidance optimisation)."""
+    """How each reverse step's null embedding is fitted (docs/method.md, text-guidance optimization)."""
 
     SECANT = "secant"
     """Default: gradient steps whose length and combination come from the step's own secant
@@ -93,7 +93,7 @@ def optimize_null_text(
     callback: Callback | None = None,
     schedule: NullTextSchedule | str = NullTextSchedule.SECANT,
 ) -> list[Tensor]:
-    """Null-text optimisation: one null per reverse step and per image such that
+    """Null-text optimization: one null per reverse step and per image such that
     ``ddim_step(x, CFG(null_i, source))`` lands on the inverted latent, warm-started from the
     previous step's null; then x moves on with the fitted null. Only the embedding gets gradients
     (the denoiser's weights are not touched); it is held in float32 (or wider) whatever the model.
@@ -140,16 +140,16 @@ def _reference(denoise: Denoiser, traj: Trajectory, source: Tensor, current: Ten
         with torch.no_grad():
             x0_source = denoise(x, sig, [source])[0]
         current = current.detach().clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([current], lr=1e-2 * (1.0 - j / 100.0), eps=1e-8 * per_image)
+        optimizer = torch.optim.Adam([current], lr=1e-2 * (1.0 - j / 100.0), eps=1e-8 * per_image)
         for _ in range(inner_steps):
             with torch.enable_grad():
                 x0_null = denoise(x, sig, [current])[0]
                 x0_hat = cfg([x0_null, x0_source], scale)
                 err = (ddim_step(x, s, s_next, x0_hat, space) - target).float().pow(2)
                 mse = err.flatten(1).mean(1) / vp
-                optimiser.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 (mse.sum() * per_image).backward()
-            optimiser.step()
+            optimizer.step()
             if callback is not None:
                 callback(j, traj.steps, x, x0_hat.detach())
             if bool((mse < tol + j * 2e-5).all()):

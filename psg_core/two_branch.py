@@ -10,7 +10,7 @@ guidance ``g_src`` = ``TextGuidance(w_source=source_scale, w_edit=0)`` (CFG on t
     x_src   = ddim_step(x_src,  s, s', x0_src) + offset_i (direct inversion: source branch only)
     x_edit  = local_blend(x_src, x_edit, mask_i)         (from the blend start on, if a mask is given)
 
-``null_i`` is the inversion's per-step null (null-text optimisation; the source prompt for
+``null_i`` is the inversion's per-step null (null-text optimization; the source prompt for
 negative-prompt inversion), so the source branch retraces the inversion; the attention control
 (``attention_control``) happens inside the model call, between the rows of the two branches.
 The formulas are the ones of ``guidance``, ``ddim`` and ``attention_control``; none is repeated here.

@@ -97,14 +97,14 @@ FAMILIES = {
                   f"{HF}/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/sd3.5_large_fp8_scaled.safetensors",
                   1024, 16, w_edit=4.5,
                   advice="SD3 is a flow model: inversion and sampling run in its own sigma space. w_edit "
-                         "4-5 as for plain SD3 sampling; null-text optimisation backpropagates through the "
+                         "4-5 as for plain SD3 sampling; null-text optimization backpropagates through the "
                          "text conditioning of a large model: 'negative-prompt' is the fast choice."),
     "flux": Family("flux", "Flux.1-dev", "flux1-dev-fp8.safetensors",
                    f"{HF}/Comfy-Org/flux1-dev/resolve/main/flux1-dev-fp8.safetensors", 1024, 16,
                    w_edit=1.0, text_optimisation="none", flux_guidance=3.5,
                    advice="Flux.1-dev is guidance-distilled: the guidance strength is the Flux Guidance "
                           "value (3.5) inside the conditioning, and classifier-free guidance stays OFF "
-                          "(w_edit 1, w_source 0: one prompt, no null branch). Null-text optimisation "
+                          "(w_edit 1, w_source 0: one prompt, no null branch). Null-text optimization "
                           "needs CFG, so text_optimisation is 'none'; the LPIPS guidance (scale) keeps the "
                           "photo. Raise Flux Guidance for stronger edits."),
 }
@@ -181,7 +181,7 @@ CLI_LINE = "Headless: python -m psg_cli edit photo.jpg --source \"...\" --target
 
 
 def _edit_note(name: str, family: Family) -> str:
-    note = f"""PSG one-node edit, {family.label} (arXiv 2312.06680): invert the photo, optimise the text guidance, then sample the edit with perceptual-similarity (LPIPS) guidance.
+    note = f"""PSG one-node edit, {family.label} (arXiv 2312.06680): invert the photo, optimize the text guidance, then sample the edit with perceptual-similarity (LPIPS) guidance.
 
 1. Checkpoint: {family.checkpoint} (the Checkpoint node offers to download it when missing).
 2. {PHOTO_STEPS.format(long_side=family.long_side, label=family.label, multiple=family.multiple)}
@@ -190,7 +190,7 @@ def _edit_note(name: str, family: Family) -> str:
  - steps / scheduler: DDIM steps (50 in the paper; 20-30 is faster), 'simple' matches DDIM.
  - w_edit: CFG strength of the edit ({family.w_edit} here). 0 reconstructs the photo.
  - w_source: weight of the source prompt (0 = plain CFG on the target; small negative values push away from the source).
- - text_optimisation: null-text optimisation (best, slow), negative-prompt (free), direct offsets (fast), none.
+ - text_optimisation: 'null-text optimisation' (best, slow), 'negative-prompt' (free), 'direct offsets' (fast), 'none'.
  - inner_steps: null-text: at most this many model calls per step (10; it usually stops after 2-3).
  - scale / start / end: LPIPS guidance strength (0 = off, 0.5-2 typical) and when it acts; higher keeps more of the photo.
  - guidance_vae (Guidance VAE, see its note) / guidance_resolution: what decodes the x0 estimates for LPIPS.
@@ -217,7 +217,7 @@ def one_node_edit(name: str, family: Family, steps: int = 50) -> Workflow:
 
 
 def _stages(steps: int, scheduler: str, w_edit: float, w_source: float, scale: float, *,
-            inversion: str = "optimise", noise: tuple[str, int] = ("invert", 1), guided: bool = True) -> list[Node]:
+            inversion: str = "optimize", noise: tuple[str, int] = ("invert", 1), guided: bool = True) -> list[Node]:
     """Triple-prompt guider + perceptual sampler -> SamplerCustomAdvanced -> VAE Decode."""
     return [
         Node("guider", "PSGTriplePromptGuider", "Triple-Prompt Guider", {"w_source": w_source, "w_edit": w_edit},
@@ -241,7 +241,7 @@ def _inversion(steps: int, scheduler: str) -> list[Node]:
         Node("encode", "VAEEncode", None, {}, {"pixels": ("fit", 0), "vae": ("ckpt", 2)}),
         Node("invert", "PSGDDIMInversion", "DDIM Inversion", {"steps": steps, "scheduler": scheduler, "cfg": 1.0},
              {"model": ("ckpt", 0), "latent": ("encode", 0), "source": ("source", 0)}),
-        Node("optimise", "PSGTextGuidanceOptimize", "Text Guidance Optimisation",
+        Node("optimize", "PSGTextGuidanceOptimize", "Text Guidance Optimization",
              {"guidance_scale": 7.5, "inner_steps": 10},
              {"model": ("ckpt", 0), "inversion": ("invert", 0), "source": ("source", 0), "null": ("null", 0)}),
     ]
@@ -255,19 +255,19 @@ def advanced(name: str, reconstruct: bool) -> Workflow:
     if reconstruct:
         note = f"""PSG reconstruction check: does my inversion reproduce the photo?
 
-DDIM inversion -> null-text optimisation -> sample back with w_edit = 0 (only the source prompt, at the optimisation's guidance scale w_source = 7.5) and LPIPS guidance off (scale 0). 'Before | after' should look identical; if it does not, raise inner_steps or steps before editing.
+DDIM inversion -> null-text optimization -> sample back with w_edit = 0 (only the source prompt, at the optimization's guidance scale w_source = 7.5) and LPIPS guidance off (scale 0). 'Before | after' should look identical; if it does not, raise inner_steps or steps before editing.
 - Inversion and BasicScheduler must use the same steps and scheduler (here 50, simple).
-- Text Guidance Optimisation: guidance_scale must equal w_source here (7.5); mode 'null-text optimisation' reconstructs best, 'negative-prompt' is free but looser.
+- Text Guidance Optimization: guidance_scale must equal w_source here (7.5); mode 'null-text optimisation' reconstructs best, 'negative-prompt' is free but looser.
 - The Target prompt is unused at w_edit = 0 (kept so the CLI can fill it).
 {photo}
 """ + CLI_LINE.format(name=name)
     else:
         note = f"""PSG advanced edit: every stage as its own node.
 
-Photo -> Fit to model -> VAE Encode -> PSG DDIM Inversion (source prompt, steps, scheduler) -> PSG Text Guidance Optimisation (per-step null embeddings) -> PSG Triple-Prompt Guider (null / source / target) + PSG Perceptual Sampler (LPIPS to the photo) -> SamplerCustomAdvanced (noise disabled: it starts from the inverted noise) -> VAE Decode -> Output size.
+Photo -> Fit to model -> VAE Encode -> PSG DDIM Inversion (source prompt, steps, scheduler) -> PSG Text Guidance Optimization (per-step null embeddings) -> PSG Triple-Prompt Guider (null / source / target) + PSG Perceptual Sampler (LPIPS to the photo) -> SamplerCustomAdvanced (noise disabled: it starts from the inverted noise) -> VAE Decode -> Output size.
 Knobs:
 - steps / scheduler: identical in DDIM Inversion and BasicScheduler (denoise 1.0).
-- Text Guidance Optimisation: mode (null-text optimisation best / negative-prompt free / direct offsets fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (at most; usually 2-3 calls per step are used).
+- Text Guidance Optimization: mode ('null-text optimisation' best / 'negative-prompt' free / 'direct offsets' fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (at most; usually 2-3 calls per step are used).
 - Guider: w_edit = edit strength (5-10; 0 reconstructs), w_source = weight of the source prompt (0 = plain CFG).
 - Perceptual Sampler: scale (0 = off, 0.5-2 typical), start / end window, every n-th step, gradient path x0 (fast) or through model (DPS); mask from Fit to model; guidance_vae (Guidance VAE, see its note) and guidance_resolution choose what decodes the x0 estimates for LPIPS.
 {photo}
@@ -283,11 +283,11 @@ Knobs:
 
 
 def invert_once(name: str) -> Workflow:
-    """Invert and optimise once, save the inversion, make a first edit from it."""
+    """Invert and optimize once, save the inversion, make a first edit from it."""
     family, steps, scheduler = FAMILIES["sd15"], 50, "simple"
-    note = f"""PSG invert once, edit many (1/2): the slow part (DDIM inversion + null-text optimisation) runs once and is saved.
+    note = f"""PSG invert once, edit many (1/2): the slow part (DDIM inversion + null-text optimization) runs once and is saved.
 
-Photo -> Fit to model -> VAE Encode -> DDIM Inversion -> Text Guidance Optimisation -> PSG Save Inversion (output/psg_inversions/; the 'Saved inversion' box shows the file name) and a first edit with the Target prompt.
+Photo -> Fit to model -> VAE Encode -> DDIM Inversion -> Text Guidance Optimization -> PSG Save Inversion (output/psg_inversions/; the 'Saved inversion' box shows the file name) and a first edit with the Target prompt.
 Next: open psg_edit_many, pick the saved file in PSG Load Inversion and the same Photo and Source prompt, and try as many Target prompts / guidance settings as you like: each run only samples.
 Within this workflow ComfyUI also caches the inversion: changing only the Target prompt or the guider / sampler knobs re-runs sampling alone.
 {PHOTO_STEPS.format(long_side=family.long_side, label=family.label, multiple=family.multiple)}
@@ -295,7 +295,7 @@ Within this workflow ComfyUI also caches the inversion: changing only the Target
     return Workflow(name, note, [
         *_loader(family), *_guidance_vae(family), *_inversion(steps, scheduler),
         Node("save_inv", "PSGSaveInversion", "Save inversion", {"filename_prefix": "psg_inversion"},
-             {"inversion": ("optimise", 0)}),
+             {"inversion": ("optimize", 0)}),
         Node("show_file", "PreviewAny", "Saved inversion", {}, {"source": ("save_inv", 0)}),
         *_stages(steps, scheduler, 7.5, 0.0, 1.0),
         *_outputs(("decode", 0)),
@@ -307,7 +307,7 @@ SAVED_INVERSION = "psg_inversion_00001_.safetensors"
 
 
 def edit_many(name: str) -> Workflow:
-    """Edit from a saved inversion: no inversion, no optimisation, only guided sampling."""
+    """Edit from a saved inversion: no inversion, no optimization, only guided sampling."""
     family, steps, scheduler = FAMILIES["sd15"], 50, "simple"
     note = f"""PSG invert once, edit many (2/2): edit from an inversion saved by psg_invert_once; every run only samples.
 
@@ -354,7 +354,7 @@ def p2p(name: str) -> Workflow:
     steps = 50
     note = """PSG prompt-to-prompt: the edit keeps the photo's layout because the edit branch borrows the source branch's attention maps.
 
-Photo -> PSG Fit Image (Fit to model: long side 512, the mask follows) -> VAE Encode -> PSG DDIM Inversion -> PSG Text Guidance Optimisation -> PSG P2P Sampler -> VAE Decode -> Output size (back to the photo's size).
+Photo -> PSG Fit Image (Fit to model: long side 512, the mask follows) -> VAE Encode -> PSG DDIM Inversion -> PSG Text Guidance Optimization -> PSG P2P Sampler -> VAE Decode -> Output size (back to the photo's size).
 - Source prompt / Target prompt are PSG Text Encode nodes: their conditioning feeds the inversion, their text feeds the P2P sampler (which aligns the two prompts' tokens with the same CLIP).
 - PSG Prompt-to-Prompt: mode replace (swap words, same token count) / refine (added or changed words) / reweight (reweight_words such as 'tiger:2'); cross_window 0.8 and self_window 0.4 = fraction of the steps with the source's cross- / self-attention; blend_words name the edited object in either prompt (e.g. 'cat, tiger'): outside their attention region the result is the photo's reconstruction (LocalBlend).
 - PSG P2P Sampler: w_edit = edit strength (5-10), w_source = weight of the source prompt in the edit branch; LPIPS guidance (scale) pulls the region outside the attention mask back to the photo (perceptual_mask); what you paint in the Photo's mask editor is left free too. Its mask output is the edited region: previewed here, usable as a MASK elsewhere.
@@ -370,12 +370,12 @@ Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workf
         Node("encode", "VAEEncode", None, {}, {"pixels": ("fit", 0), "vae": ("ckpt", 2)}),
         Node("invert", "PSGDDIMInversion", "DDIM Inversion", {"steps": steps, "scheduler": "simple", "cfg": 1.0},
              {"model": ("ckpt", 0), "latent": ("encode", 0), "source": ("source", 0)}),
-        Node("optimise", "PSGTextGuidanceOptimize", "Text Guidance Optimisation",
+        Node("optimize", "PSGTextGuidanceOptimize", "Text Guidance Optimization",
              {"guidance_scale": 7.5, "inner_steps": 10},
              {"model": ("ckpt", 0), "inversion": ("invert", 0), "source": ("source", 0), "null": ("null", 0)}),
         Node("p2p", "PSGPromptToPrompt", "Prompt-to-Prompt", {"mode": "refine", "blend_words": "cat, tiger"}),
         Node("sampler", "PSGP2PSampler", "P2P Sampler", {"w_source": 0.0, "w_edit": 7.5, "scale": 1.0},
-             {"model": ("ckpt", 0), "clip": ("ckpt", 1), "inversion": ("optimise", 0),
+             {"model": ("ckpt", 0), "clip": ("ckpt", 1), "inversion": ("optimize", 0),
               "source_text": ("source", 1), "edit_text": ("target", 1), "p2p": ("p2p", 0), "vae": ("ckpt", 2),
               "reference": ("fit", 0), "lpips": ("lpips", 0), "mask": ("fit", 1), "guidance_vae": ("gvae", 0)}),
         Node("decode", "VAEDecode", None, {}, {"samples": ("sampler", 0), "vae": ("ckpt", 2)}),
@@ -611,7 +611,7 @@ def _facts(n: Node) -> list[str]:
         "LoadImage": ["any size", "mask: paint in editor"],
         "PSGFitImage": [f"long side {v.get('long_side')} px", f"sides x{v.get('multiple')}"],
         "FluxGuidance": [f"guidance {v.get('guidance')} (distilled)"],
-        "PSGLoadInversion": ["a saved inversion", "no inversion, no optimisation"],
+        "PSGLoadInversion": ["a saved inversion", "no inversion, no optimization"],
         "PSGDDIMInversion": [f"{v.get('steps')} steps", "under the source prompt"],
         "PSGTextGuidanceOptimize": ["null-text optimisation", "per-step nulls"],
         "PSGSaveInversion": ["psg_inversions/", "file name on the canvas"],

@@ -41,7 +41,7 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
     """``requires_grad=False`` on every parameter for the duration, restored after.
 
     Loaded weights may have ``requires_grad=True``: autograd would then build graphs for (and
-    an optimiser's ``backward`` accumulate ``.grad`` into) the shared model."""
+    an optimizer's ``backward`` accumulate ``.grad`` into) the shared model."""
     names = [name for name, p in module.named_parameters() if p.requires_grad]
     module.requires_grad_(False)
     try:

@@ -1,4 +1,4 @@
-"""CONDITIONING -> the text embeddings the core sees, and back: optimised embeddings are swapped
+"""CONDITIONING -> the text embeddings the core sees, and back: optimized embeddings are swapped
 into ComfyUI's processed conds so pooled output, sizes and guidance stay."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def embedding_of(conditioning: Sequence, name: str, node: str) -> torch.Tensor:
 
 def swap_embedding(processed: list[dict], embedding: torch.Tensor) -> list[dict]:
     """A processed cond list with the first entry's text embedding replaced (pooled output,
-    sizes, guidance and area stay): how optimised null embeddings reach the model.
+    sizes, guidance and area stay): how optimized null embeddings reach the model.
 
     The replacement keeps the model's own cond wrapper: SD's UNet cross-attention takes
     ``CONDCrossAttn`` (shorter prompts may be repeat-padded to a common length), while SD3/Flux
@@ -49,7 +49,7 @@ class CondBank:
     """Processed ComfyUI conds by name, and the embedding tensors handed to the core.
 
     The core passes embeddings back to the denoiser; a tensor that is (or equals) one of ours
-    maps to its full processed cond, anything else (an optimised null) is swapped into the
+    maps to its full processed cond, anything else (an optimized null) is swapped into the
     ``fallback`` cond.
     """
 

@@ -1,5 +1,5 @@
-"""The one-node edit: inversion -> text optimisation -> the triple-prompt guider and perceptual
-sampler of the advanced graph -> decode. Inversion and text optimisation are taken from memory when
+"""The one-node edit: inversion -> text optimization -> the triple-prompt guider and perceptual
+sampler of the advanced graph -> decode. Inversion and text optimization are taken from memory when
 only sampling knobs change."""
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from .. import host, validation
 from ..inversion_cache import INVERSIONS, fingerprint
 from ..psg_types import TEXT_MODE_NAMES, PSGInversion, TextMode
 from .guider import make_guider
-from .inversion import invert, optimise_text
+from .inversion import invert, optimize_text
 from .perceptual import PerceptualSettings, make_sampler
 
 logger = logging.getLogger(__name__)
 
-NO_OPTIMISATION = "none"
+NO_OPTIMIZATION = "none"
 
 
 def needs_scale(text_optimisation: str) -> bool:
-    """Whether the text optimisation depends on w_source + w_edit (then a new scale means refitting)."""
+    """Whether the text optimization depends on w_source + w_edit (then a new scale means refitting)."""
     return text_optimisation in TEXT_MODE_NAMES and TextMode(text_optimisation).needs_scale
 
 
@@ -78,7 +78,7 @@ def edit(model: Any, vae: Any, image: torch.Tensor, null: Any, source: Any, edit
 def cached_inversion(model: Any, samples: torch.Tensor, source: Any, null: Any, steps: int, scheduler: str,
                      guidance_scale: float, text_optimisation: str, inner_steps: int, node: str,
                      node_id: str | None) -> PSGInversion:
-    """Inversion and text optimisation, each taken from memory when its inputs are unchanged."""
+    """Inversion and text optimization, each taken from memory when its inputs are unchanged."""
     owner = model.model
     model_key = fingerprint(getattr(model, "patches_uuid", None), model.model_options)
     inv_key = fingerprint("inversion", model_key, samples, source, steps, scheduler)
@@ -86,7 +86,7 @@ def cached_inversion(model: Any, samples: torch.Tensor, source: Any, null: Any, 
                            guidance_scale if needs_scale(text_optimisation) else None)
     final = INVERSIONS.get(text_key, owner)
     if final is not None:
-        show_phase(node, node_id, "reusing the inversion and text optimisation from the last run")
+        show_phase(node, node_id, "reusing the inversion and text optimization from the last run")
         return final
     inv = INVERSIONS.get(inv_key, owner)
     if inv is None:
@@ -96,9 +96,9 @@ def cached_inversion(model: Any, samples: torch.Tensor, source: Any, null: Any, 
         INVERSIONS.put(inv_key, owner, inv)
     else:
         show_phase(node, node_id, "reusing the DDIM inversion from the last run")
-    if text_optimisation != NO_OPTIMISATION:
-        show_phase(node, node_id, f"text optimisation: {text_optimisation} ({steps} steps)")
-        inv = optimise_text(model, inv, source, null, mode=text_optimisation, guidance_scale=guidance_scale,
+    if text_optimisation != NO_OPTIMIZATION:
+        show_phase(node, node_id, f"text optimization: {text_optimisation} ({steps} steps)")
+        inv = optimize_text(model, inv, source, null, mode=text_optimisation, guidance_scale=guidance_scale,
                             inner_steps=inner_steps, tolerance=None, node=node)
     INVERSIONS.put(text_key, owner, inv)
     return inv

@@ -31,7 +31,7 @@ SCALE_MISMATCH = (
 
 class PSGTripleGuider(comfy.samplers.CFGGuider):
     """CFGGuider over three prompts (``psg_core.guidance.triple_combine``). With an inversion it
-    swaps in the per-step optimised null embedding (picked from the sigma). Direct-inversion offsets
+    swaps in the per-step optimized null embedding (picked from the sigma). Direct-inversion offsets
     belong to the latent after each step: the PSG sampler adds them there itself (``fold_offsets``
     off); for any other sampler they are folded into x0 (``psg_core.ddim.offset_as_x0``), which a
     DDIM (euler) step turns back into the same latent move. The model's CFG patches (RescaleCFG,

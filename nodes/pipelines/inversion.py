@@ -1,4 +1,4 @@
-"""DDIM inversion and text-guidance optimisation on the host model (``psg_core.ddim_invert`` and
+"""DDIM inversion and text-guidance optimization on the host model (``psg_core.ddim_invert`` and
 ``psg_core.null_text``), shared by the inversion, edit and prompt-to-prompt nodes."""
 
 from __future__ import annotations
@@ -76,12 +76,12 @@ def invert(
 
 
 def trajectory_on(inv: PSGInversion, device: torch.device) -> Trajectory:
-    """The inversion's trajectory on ``device``, for the core's optimisers."""
+    """The inversion's trajectory on ``device``, for the core's optimizers."""
     traj = inv.trajectory
     return Trajectory(sigmas=traj.sigmas.to(device), latents=traj.latents.to(device), space=traj.space)
 
 
-def optimise_text(
+def optimize_text(
     model: Any,
     inv: PSGInversion,
     source: Any,

@@ -1,4 +1,4 @@
-"""Null-text optimisation and the fast modes cut the CFG reconstruction drift (analytic model)."""
+"""Null-text optimization and the fast modes cut the CFG reconstruction drift (analytic model)."""
 
 from __future__ import annotations
 

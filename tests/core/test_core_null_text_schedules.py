@@ -85,7 +85,7 @@ def prompt_to_prompt_nulls(model, traj: Trajectory, source, null, epsilon: float
         s, s_next = traj.sigmas[n - i], traj.sigmas[n - i - 1]
         latent_prev = traj.latents[n - i - 1] / (1 + s_next**2).sqrt()
         current = current.clone().detach().requires_grad_(True)
-        optimiser = torch.optim.Adam([current], lr=1e-2 * (1.0 - i / 100.0))
+        optimizer = torch.optim.Adam([current], lr=1e-2 * (1.0 - i / 100.0))
         with torch.no_grad():
             cond = model(x, sigma_batch(s, x), [source])[0]
         for _ in range(10):
@@ -93,9 +93,9 @@ def prompt_to_prompt_nulls(model, traj: Trajectory, source, null, epsilon: float
             x0_hat = uncond + SCALE * (cond - uncond)
             prev_rec = ddim_step(x, s, s_next, x0_hat, NoiseSpace.VE) / (1 + s_next**2).sqrt()
             loss = torch.nn.functional.mse_loss(prev_rec, latent_prev)
-            optimiser.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            optimiser.step()
+            optimizer.step()
             if loss.item() < epsilon + i * 2e-5:
                 break
         current = current.detach()

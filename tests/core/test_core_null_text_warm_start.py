@@ -1,4 +1,4 @@
-"""Null-text optimisation starts each reverse step from the null the previous step ended with
+"""Null-text optimization starts each reverse step from the null the previous step ended with
 (exact analytic denoiser; every call's null recorded by a wrapper)."""
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ def test_host_cli_client_each_shipped_example_edits_through_the_main_job(record,
 def test_host_cli_client_readme_batch_example_runs_on_the_shipped_dataset(comfy_server, server_models, light_python,
                                                                          tmp_path):
     """``edit-batch examples/edits.json`` (the README's batch example) from the pack folder, each
-    photo at the SD1.x working size; the perceptual guidance and null-text optimisation are off
+    photo at the SD1.x working size; the perceptual guidance and null-text optimization are off
     to keep six 512 px edits short on a CPU (the guided path is tested above)."""
     out = tmp_path / "batch"
     wf = tiny_edit_workflow(tmp_path)

@@ -41,8 +41,8 @@ def test_host_edit_reuses_its_inversion_when_only_sampling_knobs_change(inproces
     memory.clear()
     first_prompt, edit_id = _prompt(scale=1.0)
     first, full, texts = _run(inprocess, first_prompt, edit_id)
-    assert full >= STEPS + STEPS + STEPS, "inversion, text optimisation and sampling all report"
-    assert any(t.startswith("DDIM inversion") for t in texts) and any(t.startswith("text optimisation")
+    assert full >= STEPS + STEPS + STEPS, "inversion, text optimization and sampling all report"
+    assert any(t.startswith("DDIM inversion") for t in texts) and any(t.startswith("text optimization")
                                                                         for t in texts), texts
 
     scaled_prompt, _ = _prompt(scale=2.0)
@@ -56,7 +56,7 @@ def test_host_edit_reuses_its_inversion_when_only_sampling_knobs_change(inproces
 
     refit, _ = _prompt(scale=2.0, w_edit=5.0)  # null-text nulls are fitted at w_source + w_edit
     _, count, texts = _run(inprocess, refit, edit_id)
-    assert count == full - STEPS, "the inversion is reused, the optimisation runs again"
+    assert count == full - STEPS, "the inversion is reused, the optimization runs again"
     assert any(t.startswith("reusing the DDIM inversion") for t in texts), texts
 
     other_source, _ = _prompt(source="a photo of a kitten", scale=2.0)

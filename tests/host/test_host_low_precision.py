@@ -1,4 +1,4 @@
-"""bfloat16 models through the real host glue: null-text optimisation (the embedding is fitted in
+"""bfloat16 models through the real host glue: null-text optimization (the embedding is fitted in
 float32, the model runs in bfloat16) and both perceptual gradient paths (x0 / through the model)
 stay finite and converge on tiny SD1.5- and Flux-shaped models."""
 

@@ -1,5 +1,5 @@
 """Host-side method checks on tiny models in the real executor: the flow start, the cond wrapper of
-optimised nulls, the fitted-scale check, post-CFG patches and the inversion's refinement."""
+optimized nulls, the fitted-scale check, post-CFG patches and the inversion's refinement."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_flow_stock_sampler_with_disabled_noise_is_refused_clearly(comfy_host, p
     assert "PSG Triple-Prompt Guider" in message and "PSG Perceptual Sampler" in message, message
 
 
-# --------------------------------------------------------------------------- optimised nulls on MMDiT
+# --------------------------------------------------------------------------- optimized nulls on MMDiT
 
 
 def test_swapped_null_keeps_the_flow_models_cond_wrapper(comfy_host, photo):

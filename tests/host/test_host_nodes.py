@@ -67,21 +67,21 @@ class Edit:
         return self.g.node("PSGDDIMInversion", model=self.ck.out(0), latent=self.latent.out(0),
                            source=self.source.out(0), steps=steps, scheduler=scheduler, cfg=1.0)
 
-    def optimise(self, inversion, mode: str = "null-text optimisation", inner_steps: int = 2,
+    def optimize(self, inversion, mode: str = "null-text optimisation", inner_steps: int = 2,
                  guidance_scale: float = 3.0):
         return self.g.node("PSGTextGuidanceOptimize", model=self.ck.out(0), inversion=inversion.out(0),
                            source=self.source.out(0), null=self.null.out(0), mode=mode,
                            guidance_scale=guidance_scale, inner_steps=inner_steps, tolerance=1e-5)
 
     def sample(self, inversion, *, w_source: float, w_edit: float, scale: float = 1.0, steps: int = STEPS,
-               scheduler: str = "simple", optimised=None):
+               scheduler: str = "simple", optimized=None):
         g = self.g
         guider = g.node("PSGTriplePromptGuider", model=self.ck.out(0), null=self.null.out(0),
                         source=self.source.out(0), edit=self.edit.out(0), w_source=w_source, w_edit=w_edit,
-                        inversion=(optimised or inversion).out(0))
+                        inversion=(optimized or inversion).out(0))
         sampler = g.node("PSGPerceptualSampler", vae=self.ck.out(2), reference=self.image.out(0),
                          lpips=self.lpips.out(0), scale=scale, start=0.0, end=1.0, every=1,
-                         gradient="x0 (fast)", inversion=(optimised or inversion).out(0))
+                         gradient="x0 (fast)", inversion=(optimized or inversion).out(0))
         sigmas = g.node("BasicScheduler", model=self.ck.out(0), scheduler=scheduler, steps=steps, denoise=1.0)
         run = g.node("SamplerCustomAdvanced", noise=g.node("DisableNoise").out(0), guider=guider.out(0),
                      sampler=sampler.out(0), sigmas=sigmas.out(0), latent_image=inversion.out(1))
@@ -118,8 +118,8 @@ def load_photo(comfy_host, name: str) -> torch.Tensor:
 def test_host_nodes_full_pipeline_and_one_node_edit(comfy_host, tiny_models, photo, lpips_folder, family):
     e = Edit(family, photo)
     inv = e.inversion()
-    opt = e.optimise(inv)
-    run, decode = e.sample(inv, w_source=0.0, w_edit=3.0, optimised=opt)
+    opt = e.optimize(inv)
+    run, decode = e.sample(inv, w_source=0.0, w_edit=3.0, optimized=opt)
     edit = e.one_node()
     schedule = e.g.node("BasicScheduler", model=e.ck.out(0), scheduler="simple", steps=STEPS, denoise=1.0)
     result = comfy_host.run(e.prompt(), outputs=[decode.id, edit.id, schedule.id, e.latent.id])
@@ -132,8 +132,8 @@ def test_host_nodes_full_pipeline_and_one_node_edit(comfy_host, tiny_models, pho
     photo_latent = latent_format.process_in(result.output(e.latent.id)["samples"]).cpu()
     torch.testing.assert_close(inversion.latents[0].cpu(), photo_latent)
     assert float((inversion.latents[-1].cpu() - photo_latent).abs().max()) > 0.1, "inversion added no noise"
-    optimised = result.output(opt.id)
-    assert optimised.nulls is not None and len(optimised.nulls) == STEPS
+    optimized = result.output(opt.id)
+    assert optimized.nulls is not None and len(optimized.nulls) == STEPS
     for image in (result.output(decode.id), result.output(edit.id, 0)):
         assert image.shape == (1, SIZE, SIZE, 3)
         assert torch.isfinite(image).all()
@@ -165,8 +165,8 @@ def test_host_nodes_text_modes_and_offsets_reconstruct(comfy_host, photo, lpips_
     inv = e.inversion()
     outs = {}
     for mode in ("negative-prompt", "direct offsets"):
-        opt = e.optimise(inv, mode=mode, guidance_scale=3.0)
-        outs[mode] = e.sample(inv, w_source=3.0, w_edit=0.0, scale=0.0, optimised=opt)[0]
+        opt = e.optimize(inv, mode=mode, guidance_scale=3.0)
+        outs[mode] = e.sample(inv, w_source=3.0, w_edit=0.0, scale=0.0, optimized=opt)[0]
     result = comfy_host.run(e.prompt(), outputs=[r.id for r in outs.values()])
     start = result.output(e.latent.id)["samples"]
     for mode, run in outs.items():
@@ -216,14 +216,14 @@ def test_host_nodes_guider_matches_dual_cfg(comfy_host, family):
 # --------------------------------------------------------------------------- interrupts
 
 
-@pytest.mark.parametrize("phase", ["inversion", "optimisation", "sampling"])
+@pytest.mark.parametrize("phase", ["inversion", "optimization", "sampling"])
 def test_host_nodes_interrupt_stops_within_one_step(comfy_host, photo, lpips_folder, phase):
     steps = 6
     e = Edit("sd15", photo)
     inv = e.inversion(steps=steps)
-    opt = e.optimise(inv, inner_steps=2)
-    run, decode = e.sample(inv, w_source=0.0, w_edit=3.0, steps=steps, optimised=opt)
-    target = {"inversion": inv.id, "optimisation": opt.id, "sampling": run.id}[phase]
+    opt = e.optimize(inv, inner_steps=2)
+    run, decode = e.sample(inv, w_source=0.0, w_edit=3.0, steps=steps, optimized=opt)
+    target = {"inversion": inv.id, "optimization": opt.id, "sampling": run.id}[phase]
     seen: list[float] = []
 
     def stop_after_two(node_id, value, total):
@@ -265,7 +265,7 @@ def test_host_nodes_one_node_edit_is_deterministic(comfy_host, photo, lpips_fold
 def test_host_nodes_save_load_round_trip_and_mismatch_refusal(comfy_host, photo):
     e = Edit("sd15", photo, lpips=False)
     inv = e.inversion()
-    opt = e.optimise(inv, mode="direct offsets")
+    opt = e.optimize(inv, mode="direct offsets")
     save = e.g.node("PSGSaveInversion", inversion=opt.out(0), filename_prefix="psg_test/roundtrip")
     result = comfy_host.run(e.prompt(), outputs=[save.id])
     saved = result.output(opt.id)
@@ -320,7 +320,7 @@ def test_host_nodes_refuse_unsupported_model_type(comfy_host, photo):
 
 def test_host_nodes_gradients_work_with_inference_mode_weights(comfy_host, photo, lpips_folder, tiny_models):
     """Checkpoint loaders run under inference_mode, so real weights are inference tensors that
-    autograd refuses to save. Null-text optimisation and the perceptual step must still work,
+    autograd refuses to save. Null-text optimization and the perceptual step must still work,
     and give the same result as with normal weights."""
     fresh = tiny_models("sd15", seed=0, cached=False)
     with torch.inference_mode():

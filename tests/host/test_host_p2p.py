@@ -49,7 +49,7 @@ def test_host_p2p_tiny_models_have_real_attention_blocks(tiny_models, comfy_host
 
 
 class P2PGraph:
-    """checkpoint -> encode photo -> inversion -> text optimisation -> P2P settings -> P2P sampler."""
+    """checkpoint -> encode photo -> inversion -> text optimization -> P2P settings -> P2P sampler."""
 
     def __init__(self, family: str, photo: str, *, mode: str = "negative-prompt", edit_text: str = SWAP,
                  p2p_mode: str = "replace", cross_window: float = 0.8, self_window: float = 0.4,
@@ -120,7 +120,7 @@ def test_host_p2p_source_branch_with_offsets_is_the_direct_inversion_reconstruct
                  for name, text in (("null", ""), ("source", SOURCE))}
         inv, _ = nodes.pipelines.inversion.invert(tm.model, photo_latent, conds["source"], steps=STEPS, scheduler="simple",
                                               cfg=1.0, null=None, node="t")
-        inv = nodes.pipelines.inversion.optimise_text(tm.model, inv, conds["source"], conds["null"], mode="direct offsets",
+        inv = nodes.pipelines.inversion.optimize_text(tm.model, inv, conds["source"], conds["null"], mode="direct offsets",
                                                   guidance_scale=3.0, inner_steps=1, tolerance=1e-5, node="t")
         family = nodes.host.detect_family(tm.model, "t")
         plain: dict[str, torch.Tensor] = {}
@@ -168,7 +168,7 @@ def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, s
         null = tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(""))
         inv, _ = nodes.pipelines.inversion.invert(tm.model, samples, source, steps=STEPS, scheduler="simple", cfg=1.0,
                                               null=None, node="test")
-        inv = nodes.pipelines.inversion.optimise_text(tm.model, inv, source, null, mode="negative-prompt",
+        inv = nodes.pipelines.inversion.optimize_text(tm.model, inv, source, null, mode="negative-prompt",
                                                   guidance_scale=3.0, inner_steps=1, tolerance=1e-5, node="test")
         p2p = nodes.pipelines.attention_patches
         mode = pack.psg_core.attention_control.P2PMode(settings.pop("mode", "replace"))

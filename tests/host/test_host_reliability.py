@@ -411,7 +411,7 @@ def inprocess(comfy_host):
 PHASE_STEPS = 4
 
 
-@pytest.mark.parametrize("phase", ["inversion", "optimisation", "sampling", "decode"])
+@pytest.mark.parametrize("phase", ["inversion", "optimization", "sampling", "decode"])
 def test_host_reliability_one_node_edit_interrupt_stops_within_one_step(inprocess, phase, monkeypatch):
     """PSG Edit reports progress per inversion step, per null-text iteration, then per sampling
     step; an interrupt raised at a known event of a phase must stop it before the next event.
@@ -421,9 +421,9 @@ def test_host_reliability_one_node_edit_interrupt_stops_within_one_step(inproces
     edit = graph.edit(steps=PHASE_STEPS)
     graph.preview(edit.out(2))
     prompt = graph.prompt()
-    total = len(inprocess.run(prompt).progress(edit.id))  # inversion, optimisation, sampling
+    total = len(inprocess.run(prompt).progress(edit.id))  # inversion, optimization, sampling
     assert total > 2 * PHASE_STEPS + 2
-    stop_at = {"inversion": 2, "optimisation": PHASE_STEPS + 2, "sampling": total - PHASE_STEPS + 2,
+    stop_at = {"inversion": 2, "optimization": PHASE_STEPS + 2, "sampling": total - PHASE_STEPS + 2,
                "decode": total + 1}[phase]
     seen: list[float] = []
     if phase == "decode":

@@ -73,7 +73,7 @@ class PSGGraph:
         return self.g.node("PSGDDIMInversion", model=model or self.ck.out(0), latent=latent or self.latent.out(0),
                            source=self.source.out(0), steps=steps, scheduler="simple", cfg=1.0)
 
-    def optimise(self, inversion: Any, *, mode: str = "null-text optimisation", inner_steps: int = 2) -> Any:
+    def optimize(self, inversion: Any, *, mode: str = "null-text optimisation", inner_steps: int = 2) -> Any:
         return self.g.node("PSGTextGuidanceOptimize", model=self.ck.out(0), inversion=inversion.out(0),
                            source=self.source.out(0), null=self.null.out(0), mode=mode, guidance_scale=3.0,
                            inner_steps=inner_steps, tolerance=1e-5)
@@ -93,7 +93,7 @@ class PSGGraph:
                       sampler=sampler.out(0), sigmas=sigmas.out(0), latent_image=latent)
 
     def edit(self, image: Any = None, *, steps: int = STEPS, **overrides: Any) -> Any:
-        """The one-node PSG Edit (null-text optimisation, perceptual guidance on)."""
+        """The one-node PSG Edit (null-text optimization, perceptual guidance on)."""
         inputs: dict[str, Any] = dict(
             model=self.ck.out(0), vae=self.ck.out(2), image=image or self.image.out(0), null=self.null.out(0),
             source=self.source.out(0), edit=self.edit_text.out(0), lpips=self.lpips.out(0), steps=steps,
