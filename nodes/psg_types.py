@@ -50,7 +50,7 @@ class PSGInversion:
     scheduler: str
     trajectory: Trajectory
     inversion_cfg: float = 1.0
-    mode: str | None = None
+    mode: TextMode | None = None
     guidance_scale: float | None = None
     nulls: tuple[torch.Tensor, ...] | None = None
     offsets: tuple[torch.Tensor, ...] | None = None
@@ -77,7 +77,7 @@ class PSGInversion:
     def noise(self) -> torch.Tensor:
         return self.trajectory.noise
 
-    def with_text_guidance(self, mode: str, guidance_scale: float, nulls, offsets) -> PSGInversion:
+    def with_text_guidance(self, mode: TextMode, guidance_scale: float, nulls, offsets) -> PSGInversion:
         return replace(
             self,
             mode=mode,
@@ -87,7 +87,7 @@ class PSGInversion:
         )
 
     def describe(self) -> str:
-        extra = f", {self.mode}" if self.mode else ""
+        extra = f", {self.mode.value}" if self.mode else ""
         return f"{self.family}, {self.steps} steps ({self.scheduler}), latent {list(self.latent_shape)}{extra}"
 
 

@@ -135,7 +135,7 @@ def check_fitted_scale(inversion: PSGInversion | None, w_source: float, w_edit: 
     if math.isclose(total, inversion.guidance_scale, rel_tol=1e-3, abs_tol=1e-3):
         return True
     fitted = inversion.guidance_scale
-    logger.warning(SCALE_MISMATCH, node, inversion.mode, fitted, total, fitted)
+    logger.warning(SCALE_MISMATCH, node, inversion.mode.value, fitted, total, fitted)
     return False
 
 

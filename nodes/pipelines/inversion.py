@@ -136,5 +136,5 @@ def optimize_text(
     zeros = torch.zeros(inv.latent_shape)
     host.run_on_host(model, {"source": source, "null": null}, zeros, body, family=family, fallback="null",
                      sigmas=inv.sigmas, node=node)
-    return inv.with_text_guidance(mode.value, guidance_scale, result["nulls"], result["offsets"])
+    return inv.with_text_guidance(mode, guidance_scale, result["nulls"], result["offsets"])
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from ...psg_core.ddim import Trajectory
 from ...psg_core.spaces import NoiseSpace
 from ..host.folders import register_model_folder
-from ..psg_types import PSGInversion
+from ..psg_types import PSGInversion, TextMode
 
 FOLDER = "psg_inversions"
 FORMAT = "psg_inversion"
@@ -48,7 +48,7 @@ def to_file(inv: PSGInversion, path: str) -> None:
         "steps": str(inv.steps),
         "latent_shape": json.dumps(list(inv.latent_shape)),
         "inversion_cfg": repr(inv.inversion_cfg),
-        "mode": inv.mode or "",
+        "mode": inv.mode.value if inv.mode else "",
         "guidance_scale": "" if inv.guidance_scale is None else repr(inv.guidance_scale),
     }
     # write a temp name (not *.safetensors, so never listed) and rename: no half-written inversions
@@ -99,7 +99,7 @@ def from_file(path: str, node: str) -> PSGInversion:
             trajectory=Trajectory(sigmas=sigmas.float(), latents=latents.float(),
                                   space=NoiseSpace[meta["space"]]),
             inversion_cfg=float(meta.get("inversion_cfg", "1.0")),
-            mode=meta.get("mode") or None,
+            mode=TextMode(meta["mode"]) if meta.get("mode") else None,
             guidance_scale=float(guidance) if guidance is not None else None,
             nulls=tuple(tensors["nulls"]) if "nulls" in tensors else None,
             offsets=tuple(tensors["offsets"]) if "offsets" in tensors else None,
