@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="UNet dtype")
     parser.add_argument("--no-variants", action="store_true", help="only the main edit's phases")
     parser.add_argument("--cpu-smoke", action="store_true",
-                        help="tiny CPU run of the same code (narrow nets, fp32) to check the script, not to measure")
+                        help="tiny CPU run of the same code (narrow nets, fp32) to check the script, not to "
+                             "measure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for p in phases:
         share = f"{p.seconds / total:.0%}" if p in main_phases else "-"
-        print(f"| {p.name} | {p.seconds:.2f} | {share} | {p.peak / GiB:.2f} | {(p.peak - p.resident) / GiB:.2f} "
-              f"| {p.note} |")
+        print(f"| {p.name} | {p.seconds:.2f} | {share} | {p.peak / GiB:.2f} | "
+              f"{(p.peak - p.resident) / GiB:.2f} | {p.note} |")
     print(f"| **whole edit** | {total:.2f} | 100% | {max(p.peak for p in main_phases) / GiB:.2f} | - | |")
     return 0
 

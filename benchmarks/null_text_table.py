@@ -80,7 +80,8 @@ def _shared_nulls(model: AnalyticMixture, traj, source, null, schedule) -> list[
 
     def wide_model(x, sigma, conds):
         split = x.reshape(images, channels, *x.shape[2:])
-        outs = model(split, sigma.expand(images), [c.expand(images, -1) if c is not None else None for c in conds])
+        expanded = [c.expand(images, -1) if c is not None else None for c in conds]
+        outs = model(split, sigma.expand(images), expanded)
         return [o.reshape(1, images * channels, *x.shape[2:]) for o in outs]
 
     nulls = optimize_null_text(wide_model, wide, source, null, guidance_scale=SCALE, schedule=schedule)
@@ -113,7 +114,8 @@ def batch_table(images: int = 4, steps: int = 50, seeds: int = 4) -> str:
         for seed in range(seeds):
             cells = []
             for shared in (True, False):
-                closed, _, fitted = measure(space, steps, seed, NullTextSchedule.SECANT, images, shared=shared)
+                closed, _, fitted = measure(space, steps, seed, NullTextSchedule.SECANT, images,
+                                            shared=shared)
                 cells.append(f"{fitted.max():.2e} ({100 * closed.min():.1f}%)")
             rows.append(f"| {space.value} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -54,7 +54,8 @@ def load_pack():
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="narrow SD1.5 topology")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     parser.add_argument("--repeats", type=int, default=3, help="median of N rounds (default 3)")
@@ -73,7 +74,8 @@ def main() -> int:
 
     shapes = sd15_shapes.build(narrow=args.quick)
     latent, _photo, null, source, edit = sd15_shapes.random_problem(args.size, shapes.device)
-    model = comfy.model_patcher.ModelPatcher(shapes.unet, load_device=comfy.model_management.get_torch_device(),
+    model = comfy.model_patcher.ModelPatcher(shapes.unet,
+                                             load_device=comfy.model_management.get_torch_device(),
                                              offload_device=comfy.model_management.unet_offload_device())
     tokens = null.shape[1]
     swap = ac.replacement_map(7, 7, tokens)
@@ -128,19 +130,22 @@ def main() -> int:
         }, args.repeats))
         two_branch(1.0, 1.0)()  # untimed: count the attention layers the control edited in one step
         if not edited.get("attn2"):
-            raise RuntimeError("the attention control edited no cross-attention layer: the benchmark measured nothing")
+            raise RuntimeError("the attention control edited no cross-attention layer: the benchmark "
+                               "measured nothing")
         return h.latent
 
-    host.run_on_host(clone, conds, shapes.unet.process_latent_out(latent), body, family=family, fallback="null",
+    host.run_on_host(clone, conds, shapes.unet.process_latent_out(latent), body, family=family,
+                     fallback="null",
                      sigmas=sigmas.flip(0), node="benchmark")
     one, rows = results["one-branch step (3 rows)"], results["plain call, 5 rows"]
     config = "narrow" if args.quick else "full"
-    print(f"\nMachine: {torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, Python {platform.python_version()}, {datetime.date.today()}")
+    print(f"\nMachine: {torch.get_num_threads()} torch threads, "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__}, Python "
+          f"{platform.python_version()}, {datetime.date.today()}")
     print(f"SD1.5 UNet ({config}), {args.size} px ({latent_hw[0]}x{latent_hw[1]} latent), float32 CPU, "
           f"process CPU s, median of {args.repeats}; w_source {W_SOURCE}, w_edit {W_EDIT}\n")
-    print(f"Attention layers edited per two-branch step with the windows open: {edited.get('attn2', 0)} cross, "
-          f"{edited.get('attn1', 0)} self (layers at <= 1/4 of the latent side).\n")
+    print(f"Attention layers edited per two-branch step with the windows open: {edited.get('attn2', 0)} "
+          f"cross, {edited.get('attn1', 0)} self (layers at <= 1/4 of the latent side).\n")
     print("| measurement | CPU s | vs one-branch step | vs plain 5-row call | target |")
     print("|---|---|---|---|---|")
     for name, t in results.items():

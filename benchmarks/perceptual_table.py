@@ -40,7 +40,8 @@ def table() -> str:
         metric = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
     losses = {"MSE": mse, "LPIPS-alex (random backbone)": ImageLoss(metric)}
     unguided = scene.sample()
-    rows = ["| loss | gradient path | scale | loss to photo (rel. unguided) | edit retained | denoiser backwards |",
+    rows = ["| loss | gradient path | scale | loss to photo (rel. unguided) | edit retained | denoiser "
+            "backwards |",
             "|---|---|---|---|---|---|"]
     for name, loss in losses.items():
         base = scene.distance(unguided, loss)

@@ -54,8 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("pie_bench")
 EDIT_NODE = "PSG Edit"
-TEXT_GUIDANCE = {"ddim-cfg": "none", "null-text": "null-text optimisation", "negative-prompt": "negative-prompt",
-                 "direct-offsets": "direct offsets"}
+TEXT_GUIDANCE = {"ddim-cfg": "none", "null-text": "null-text optimisation",
+                 "negative-prompt": "negative-prompt", "direct-offsets": "direct offsets"}
 PERCEPTUAL = {"": (False, False), "+psg": (True, False), "+psg-mask": (True, True)}
 ALL_METHODS = [f"{t}{p}" for t in TEXT_GUIDANCE for p in PERCEPTUAL]
 JOURNAL = "journal.jsonl"
@@ -86,7 +86,8 @@ class Method:
 
 
 # ------------------------------------------------------------------------------ inputs
-def prepare_inputs(data: Path, items: list[pie.PieItem], size: int, folder: Path) -> dict[str, tuple[Path, Path]]:
+def prepare_inputs(data: Path, items: list[pie.PieItem], size: int,
+                   folder: Path) -> dict[str, tuple[Path, Path]]:
     """Per key: the photo and the mask (white = edited) as PNGs at ``size`` (shared by every method)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -96,8 +97,8 @@ def prepare_inputs(data: Path, items: list[pie.PieItem], size: int, folder: Path
             with Image.open(pie.photo_path(data, item)) as img:
                 photo = img.convert("RGB")
             if photo.size != (pie.PIE_SIZE, pie.PIE_SIZE):
-                raise CliError(f"{pie.photo_path(data, item)} is {photo.size[0]}x{photo.size[1]}; PIE-Bench photos "
-                               f"are {pie.PIE_SIZE}x{pie.PIE_SIZE}")
+                raise CliError(f"{pie.photo_path(data, item)} is {photo.size[0]}x{photo.size[1]}; PIE-Bench "
+                               f"photos are {pie.PIE_SIZE}x{pie.PIE_SIZE}")
             mask = Image.fromarray((pie.decode_mask(item.rle) * 255).astype("uint8"))
             if size != pie.PIE_SIZE:
                 photo = photo.resize((size, size), Image.Resampling.LANCZOS)
@@ -152,15 +153,16 @@ def run_method(method: Method, args: argparse.Namespace, items: list[pie.PieItem
                                       target=pie.strip_brackets(it.target_prompt),
                                       mask=inputs[it.key][1] if method.masked else None))
         for it in items if it.key not in foreign]
-    sets = [*method.sets(args.psg_scale), *([f"{EDIT_NODE}.steps={args.steps}"] if args.steps else []), *args.sets]
+    steps = [f"{EDIT_NODE}.steps={args.steps}"] if args.steps else []
+    sets = [*method.sets(args.psg_scale), *steps, *args.sets]
     request = EditRequest(image=Path(), source="", target="", ckpt=args.ckpt, seed=args.seed,
                           guidance_vae=args.guidance_vae, sets=sets, workflow=args.workflow)
     settings = {"method": method.name, "workflow": args.workflow, "ckpt": args.ckpt,
                 "guidance_vae": args.guidance_vae, "seed": args.seed, "sets": sets, "size": args.size,
                 "retries": args.retries, "workers": [w.label for w in batch_workers]}
     template = workflow.load_workflow(args.workflow)
-    run = BatchRun(batch_items, out_dir, results_path, args.data / pie.MAPPING_FILE, template, request, settings,
-                   retries=args.retries, journal_path=journal_path,
+    run = BatchRun(batch_items, out_dir, results_path, args.data / pie.MAPPING_FILE, template, request,
+                   settings, retries=args.retries, journal_path=journal_path,
                    stream=io.StringIO() if args.quiet else sys.stderr,
                    on_done=lambda item_id, output: write_layout(output, layout[item_id]))
     summary = run.run(batch_workers)["summary"]
@@ -169,17 +171,23 @@ def run_method(method: Method, args: argparse.Namespace, items: list[pie.PieItem
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="PIE-Bench data folder (mapping_file.json, annotation_images/)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True,
+                        help="PIE-Bench data folder (mapping_file.json, annotation_images/)")
     parser.add_argument("--out", type=Path, default=Path("output"), help="output root (default output/)")
-    parser.add_argument("--methods", nargs="+", default=ALL_METHODS, help=f"default all: {' '.join(ALL_METHODS)}")
+    parser.add_argument("--methods", nargs="+", default=ALL_METHODS,
+                        help=f"default all: {' '.join(ALL_METHODS)}")
     parser.add_argument("--types", nargs="+", help="editing type ids 0-9 (default all)")
     parser.add_argument("--limit", type=int, help="first N images only")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the workflow's, 50)")
-    parser.add_argument("--psg-scale", type=float, help="perceptual guidance scale for +psg methods (default: the workflow's)")
-    parser.add_argument("--size", type=int, default=pie.PIE_SIZE, help="edit at N x N, result scaled to 512 (quick checks)")
+    parser.add_argument("--psg-scale", type=float, help="perceptual guidance scale for +psg methods "
+                                                        "(default: the workflow's)")
+    parser.add_argument("--size", type=int, default=pie.PIE_SIZE,
+                        help="edit at N x N, result scaled to 512 (quick checks)")
     parser.add_argument("--retries", type=int, default=1,
-                        help="extra attempts per edit after a transient failure (out of memory, lost connection)")
+                        help="extra attempts per edit after a transient failure (out of memory, lost "
+                             "connection)")
     parser.add_argument("--rerun", action="store_true", help="redo every edit, even finished ones")
     add_ray(parser)
     _add_common(parser, many_servers=True)
@@ -210,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for name, s in totals.items():
         failed += s["failed"]
-        print(f"{name}: {s['ok']} ok, {s['failed']} failed of {s['total']} ({s['skipped']} resumed, {s['kept']} kept) "
-              f"-> {pie.method_dir(args.out, name) / pie.IMAGES_DIR}")
+        print(f"{name}: {s['ok']} ok, {s['failed']} failed of {s['total']} ({s['skipped']} resumed, "
+              f"{s['kept']} kept) -> {pie.method_dir(args.out, name) / pie.IMAGES_DIR}")
     print(f"score with: python -m psg_eval --data {args.data} --output {args.out} --metrics pnp pack")
     return 0 if failed == 0 else 1
 

@@ -1,7 +1,8 @@
 """Guidance-decoder quality check: does a cheap guidance decoder keep the edit as good?
 
-For each edit of the shipped example dataset ``examples/edits.json`` (or ``--dataset``) the shipped ``psg_edit`` workflow
-runs four times through the CLI's in-process ComfyUI (``psg_cli``: the same graph a user runs):
+For each edit of the shipped example dataset ``examples/edits.json`` (or ``--dataset``) the shipped
+``psg_edit`` workflow runs four times through the CLI's in-process ComfyUI (``psg_cli``: the same
+graph a user runs):
 
     no perceptual guidance   PSG Edit scale 0
     full-VAE guidance        LPIPS gradient through the checkpoint's VAE decoder
@@ -97,11 +98,12 @@ def markdown_table(rows: list[Row], n_edits: int) -> str:
     head = "| variant | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
     for row in rows:
-        cells = [fmt.format(row.mean(key)) if math.isfinite(row.mean(key)) else "n/a" for key, _, fmt in COLUMNS]
+        cells = [fmt.format(row.mean(key)) if math.isfinite(row.mean(key)) else "n/a"
+                 for key, _, fmt in COLUMNS]
         lines.append(f"| {row.variant} | " + " | ".join(cells) + " |")
     lines.append(f"\nmeans over {n_edits} edit(s); bg = outside the edit's mask_box (whole image for a "
-                 "whole-image edit); the final image is always decoded by the full VAE; seconds after one untimed "
-                 "warm-up edit")
+                 "whole-image edit); the final image is always decoded by the full VAE; seconds after one "
+                 "untimed warm-up edit")
     return "\n".join(lines)
 
 
@@ -177,7 +179,8 @@ def load_metric_models(clip: Path | None) -> tuple[Any, Any]:
         found = sorted({d for f in folders("clip_score") if Path(f).is_dir()
                         for d in Path(f).iterdir() if (d / "config.json").is_file()})
         if len(found) != 1:
-            logger.warning("CLIPScore column n/a: give --clip DIR (found %d CLIP models in models/clip_score)",
+            logger.warning("CLIPScore column n/a: give --clip DIR (found %d CLIP models in "
+                           "models/clip_score)",
                            len(found))
             return lpips_module, None
         clip = found[0]
@@ -207,7 +210,8 @@ def run(args: argparse.Namespace, work: Path) -> list[Row]:
     lpips_module, scorer = load_metric_models(clip)
 
     items: list[BatchItem] = load_dataset(args.dataset, work / "inputs")[: args.limit]
-    photos = {it.id: square_photo(it.request.image, args.size, work / "inputs" / f"{safe_stem(it.id)}_{args.size}.png")
+    photos = {it.id: square_photo(it.request.image, args.size,
+                                  work / "inputs" / f"{safe_stem(it.id)}_{args.size}.png")
               for it in items}
     fast = [f"{EDIT_NODE}.inner_steps={args.inner_steps}"] if args.inner_steps is not None else []
     rows = []
@@ -244,24 +248,31 @@ def run(args: argparse.Namespace, work: Path) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--comfy-root", type=Path, default=Path("~/ComfyUI"), help="ComfyUI folder (default ~/ComfyUI)")
-    parser.add_argument("--base-directory", type=Path, help="ComfyUI --base-directory (models, input, output)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--comfy-root", type=Path, default=Path("~/ComfyUI"),
+                        help="ComfyUI folder (default ~/ComfyUI)")
+    parser.add_argument("--base-directory", type=Path, help="ComfyUI --base-directory (models, input, "
+                                                            "output)")
     parser.add_argument("--ckpt", default=roles.DEFAULT_CHECKPOINT, help="checkpoint in models/checkpoints")
     parser.add_argument("--taesd", default="taesd", help="VAELoader name of the TAESD (models/vae_approx)")
     parser.add_argument("--clip", type=Path,
-                        help="CLIP model folder (transformers) for CLIPScore (default: the one in models/clip_score)")
+                        help="CLIP model folder (transformers) for CLIPScore (default: the one in "
+                             "models/clip_score)")
     parser.add_argument("--workflow", default="psg_edit", help="shipped API workflow with a 'PSG Edit' node")
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--limit", type=int, default=None, help="first N edits only")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--inner-steps", type=int, default=None, help="null-text iterations (workflow default 10)")
+    parser.add_argument("--inner-steps", type=int, default=None,
+                        help="null-text iterations (workflow default 10)")
     parser.add_argument("--size", type=int, default=512, help="photos are centre-cropped to size x size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu", action="store_true", help="force CPU")
     parser.add_argument("--stand-in", action="store_true",
-                        help="random-weight tiny model / TAESD / LPIPS / CLIP: tests the pipeline, numbers meaningless")
-    parser.add_argument("--keep", type=Path, help="keep images and settings here (default: a temporary folder)")
+                        help="random-weight tiny model / TAESD / LPIPS / CLIP: tests the pipeline, numbers "
+                             "meaningless")
+    parser.add_argument("--keep", type=Path, help="keep images and settings here (default: a temporary "
+                                                  "folder)")
     parser.add_argument("--json", type=Path, help="also write the per-variant means here")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -287,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     n_edits = len(next(iter(rows[0].values.values()), []))
     print(markdown_table(rows, n_edits))
     if args.json:
-        args.json.write_text(json.dumps({r.variant: {k: r.mean(k) for k, _, _ in COLUMNS} for r in rows}, indent=2)
-                             + "\n", encoding="utf-8")
+        means = {r.variant: {k: r.mean(k) for k, _, _ in COLUMNS} for r in rows}
+        args.json.write_text(json.dumps(means, indent=2) + "\n", encoding="utf-8")
     if args.stand_in:
         print(STAND_IN_BANNER)
     return 0

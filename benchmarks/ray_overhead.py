@@ -113,7 +113,8 @@ def main() -> int:
         for it in items:
             req = EditRequest(**{**request.__dict__, "image": it.request.image, "source": it.request.source,
                                  "target": it.request.target})
-            rec = run_edit(backend, req, root / f"plain{n}", safe_stem(it.id), progress=False, template=template)
+            rec = run_edit(backend, req, root / f"plain{n}", safe_stem(it.id), progress=False,
+                           template=template)
         return (time.perf_counter() - started) / len(items), rec
 
     settings = RaySettings(address=None, actors=2, gpus_per_actor=0, cpus_per_actor=1,
@@ -156,7 +157,8 @@ def main() -> int:
           + "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in vs) for k, vs in times.items()) + ").\n")
     print("| engine | s per item | items/s | vs plain in-process |")
     print("|---|---|---|---|")
-    for name, per in (("plain in-process (run_edit loop)", plain_s), ("edit-batch, in-process + journal", batch_s),
+    for name, per in (("plain in-process (run_edit loop)", plain_s),
+                      ("edit-batch, in-process + journal", batch_s),
                       ("edit-batch --ray, 1 actor", ray1_s), ("edit-batch --ray, 2 actors", ray2_s)):
         print(f"| {name} | {per:.3f} | {1 / per:.2f} | {plain_s / per:.2f}x |")
     print()

@@ -48,7 +48,8 @@ def steps_table() -> str:
                 traj = ddim_invert(model, x0, sig, source, space=space, fixed_point_iters=iters)
                 errs.append(rmse(ddim_sample(model, traj.noise, sig.flip(0), g, space=space), x0))
             order = math.log(errs[0] / errs[-1]) / math.log(10)
-            rows.append(f"| {space.value} | {iters} | " + " | ".join(f"{e:.2e}" for e in errs) + f" | {order:.2f} |")
+            cells = " | ".join(f"{e:.2e}" for e in errs)
+            rows.append(f"| {space.value} | {iters} | {cells} | {order:.2f} |")
     return "\n".join(rows)
 
 
@@ -68,13 +69,14 @@ def cfg_row(space: NoiseSpace, n: int, scale: float) -> str:
     cells = [err(TextGuidance(null, source, edit, 1.0, 0.0)), plain, err(nulls=nulls),
              err(nulls=negative_prompt_nulls(traj, source)),
              err(offsets=direct_inversion_offsets(model, traj, source, null, guidance_scale=scale))]
-    return (f"| {space.value} | " + " | ".join(f"{c:.2e}" + (f" ({plain / c:.0f}x)" if 0 < c < plain and i > 1 else "")
-                                               for i, c in enumerate(cells)) + f" | {passes} / {10 * n} |")
+    shown = " | ".join(f"{c:.2e}" + (f" ({plain / c:.0f}x)" if 0 < c < plain and i > 1 else "")
+                       for i, c in enumerate(cells))
+    return f"| {space.value} | {shown} | {passes} / {10 * n} |"
 
 
 def cfg_table(n: int = 25, scale: float = 7.5) -> str:
-    rows = [f"| space | unguided | CFG {scale} plain | null-text (10 inner) | negative-prompt | direct offsets |"
-            " null-text denoiser calls / 10 x steps |", "|---|---|---|---|---|---|---|"]
+    rows = [f"| space | unguided | CFG {scale} plain | null-text (10 inner) | negative-prompt | "
+            "direct offsets | null-text denoiser calls / 10 x steps |", "|---|---|---|---|---|---|---|"]
     rows += [cfg_row(space, n, scale) for space in NoiseSpace]
     return "\n".join(rows)
 

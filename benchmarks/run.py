@@ -17,9 +17,10 @@ mark (VmHWM in /proc/self/status) is reset before each measured step (writing 5 
 /proc/self/clear_refs) and read after it. The script re-executes itself once with
 MALLOC_MMAP_THRESHOLD_=65536, so glibc serves every tensor above 64 KiB by its own mmap and freed
 tensors leave the resident set at once (without it, a step reuses heap pages an earlier one freed
-and its peak reads near 0); the steps can then be measured one after another in one process. "activations" = peak minus the resident set before the step
-(weights already resident); "with weights" adds the bytes of the networks a step needs (UNet +
-VAE for every edit, LPIPS and the guidance decoder for guided steps), as a GPU would hold them.
+and its peak reads near 0); the steps can then be measured one after another in one process.
+"activations" = peak minus the resident set before the step (weights already resident); "with
+weights" adds the bytes of the networks a step needs (UNet + VAE for every edit, LPIPS and the
+guidance decoder for guided steps), as a GPU would hold them.
 """
 
 from __future__ import annotations
@@ -203,17 +204,20 @@ def step_section(table: Table, steps: Steps, repeats: int) -> None:
     }
     t = alternate(fns, repeats)
     floor = t["denoiser call (b3)"] + t["VAE decoder f+b"] + t["LPIPS f+b"]
-    table.add("triple-prompt step / one batch-3 denoiser call", t["plain triple step"] / t["denoiser call (b3)"], 1.05,
+    table.add("triple-prompt step / one batch-3 denoiser call", t["plain triple step"] / t["denoiser call "
+                                                                                           "(b3)"], 1.05,
               f"{t['plain triple step']:.3f} s / {t['denoiser call (b3)']:.3f} s")
     table.add("x0-only LPIPS-guided step / sum of its passes alone", t["guided step (x0)"] / floor, 1.15,
               f"{t['guided step (x0)']:.3f} s / ({t['denoiser call (b3)']:.3f} + {t['VAE decoder f+b']:.3f} "
               f"+ {t['LPIPS f+b']:.3f}) s")
-    table.add("through-model (DPS) guided step / x0-only guided step", t["guided step (DPS)"] / t["guided step (x0)"],
-              None, f"{t['guided step (DPS)']:.3f} s / {t['guided step (x0)']:.3f} s")
+    table.add("through-model (DPS) guided step / x0-only guided step",
+              t["guided step (DPS)"] / t["guided step (x0)"], None,
+              f"{t['guided step (DPS)']:.3f} s / {t['guided step (x0)']:.3f} s")
     table.add("x0-only guided step (full VAE decoder) / plain triple step",
               t["guided step (x0)"] / t["plain triple step"], None,
               f"{t['guided step (x0)']:.3f} s / {t['plain triple step']:.3f} s")
-    table.add("TAESD-guided step / plain triple step", t["guided step (TAESD)"] / t["plain triple step"], 1.15,
+    table.add("TAESD-guided step / plain triple step",
+              t["guided step (TAESD)"] / t["plain triple step"], 1.15,
               f"{t['guided step (TAESD)']:.3f} s / {t['plain triple step']:.3f} s (TAESD f+b alone "
               f"{t['TAESD decoder f+b']:.3f} s)")
     table.add("block-checkpointed decoder (+ loss at 1/2) guided step / x0-only guided step",
@@ -236,7 +240,8 @@ def memory_section(table: Table, steps: Steps) -> None:
         ("plain triple step", steps.sample, base, None),
         ("guided step, full decoder", lambda: steps.sample(steps.guide(s.decode)), base + extra_lpips, None),
         ("guided step, full decoder, checkpoint + loss at 1/2",
-         lambda: steps.sample(steps.guide(s.decode, checkpoint=True, loss_scale=0.5)), base + extra_lpips, 1.5),
+         lambda: steps.sample(steps.guide(s.decode, checkpoint=True, loss_scale=0.5)),
+         base + extra_lpips, 1.5),
         ("guided step, full decoder, block checkpoints + loss at 1/2",
          lambda: steps.sample(steps.guide(s.decode_blocks, loss_scale=0.5)), base + extra_lpips, 1.5),
         ("guided step, TAESD", lambda: steps.sample(steps.guide(s.decode_taesd)),
@@ -301,10 +306,11 @@ def null_text_section(table: Table, steps: int = 50, scale: float = 7.5) -> None
     _, ref_calls, ref_err = results["reference, early stop"]
     passes, calls, e = results["secant (default)"]
     plain = err()
-    table.add(f"null-text: denoiser calls used / reference worst case ({worst // steps} x {steps})", calls / worst,
-              0.40, f"{calls} calls ({passes} fwd+bwd); reconstruction RMSE {e:.2e} vs {full_err:.2e} for the "
-              f"reference with all {full_calls} calls and {ref_err:.2e} with its early stop ({ref_calls} calls) "
-              f"(plain CFG {scale}: {plain:.2e}); analytic model, 50 steps")
+    table.add(f"null-text: denoiser calls used / reference worst case ({worst // steps} x {steps})",
+              calls / worst, 0.40,
+              f"{calls} calls ({passes} fwd+bwd); reconstruction RMSE {e:.2e} vs {full_err:.2e} for the "
+              f"reference with all {full_calls} calls and {ref_err:.2e} with its early stop ({ref_calls} "
+              f"calls) (plain CFG {scale}: {plain:.2e}); analytic model, 50 steps")
     counter = GradCounter(model)
     neg = err(nulls=negative_prompt_nulls(traj, source))
     table.add(f"negative-prompt mode: extra calls / {worst}", counter.calls / worst, None,
@@ -343,7 +349,8 @@ def host_section(table: Table, steps: int, inner_steps: int) -> None:
     seconds.pop("setup")
     total = sum(seconds.values())
     shares = ", ".join(f"{p} {v / total:.0%}" for p, v in seconds.items())
-    table.note(f"whole edit, tiny SD1.5 in ComfyUI ({steps} steps, null-text {inner_steps} inner): phase shares",
+    table.note(f"whole edit, tiny SD1.5 in ComfyUI ({steps} steps, null-text {inner_steps} inner): "
+               "phase shares",
                f"{total:.1f} s", shares + " (" + ", ".join(f"{v:.2f} s" for v in seconds.values()) + ")")
 
 
@@ -378,8 +385,8 @@ def _edit_graph(base: Path, steps: int, inner_steps: int) -> tuple[dict, list[tu
                  inner_steps=inner_steps, tolerance=1e-5)
     guider = g.node("PSGTriplePromptGuider", model=ck.out(0), null=null.out(0), source=source.out(0),
                     edit=edit.out(0), w_source=W_SOURCE, w_edit=W_EDIT, inversion=opt.out(0))
-    sampler = g.node("PSGPerceptualSampler", vae=ck.out(2), reference=image.out(0), lpips=lp.out(0), scale=1.0,
-                     start=0.0, end=1.0, every=1, gradient="x0 (fast)", inversion=opt.out(0))
+    sampler = g.node("PSGPerceptualSampler", vae=ck.out(2), reference=image.out(0), lpips=lp.out(0),
+                     scale=1.0, start=0.0, end=1.0, every=1, gradient="x0 (fast)", inversion=opt.out(0))
     sigmas = g.node("BasicScheduler", model=ck.out(0), scheduler="simple", steps=steps, denoise=1.0)
     run = g.node("SamplerCustomAdvanced", noise=g.node("DisableNoise").out(0), guider=guider.out(0),
                  sampler=sampler.out(0), sigmas=sigmas.out(0), latent_image=inv.out(1))
@@ -414,7 +421,8 @@ def section(name: str) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="narrow SD1.5 topology, 2 repeats, 10-step host edit (default 20 steps)")
+    parser.add_argument("--quick", action="store_true",
+                        help="narrow SD1.5 topology, 2 repeats, 10-step host edit (default 20 steps)")
     parser.add_argument("--size", type=int, default=128, help="image side in px for the step benchmarks")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (median)")
     parser.add_argument("--skip-host", action="store_true", help="skip the whole edit through ComfyUI")
@@ -444,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"### PSG benchmarks ({'quick' if args.quick else 'full'})\n")
     print(f"Machine: {machine()}  ")
     print(f"Networks: {shapes.config}; steps at {args.size} px ({args.size // 8}x{args.size // 8} latent), "
-          f"float32 CPU, process CPU seconds, median of {repeats} alternating rounds; sigma {SIGMA}, w_source {W_SOURCE}, "
-          f"w_edit {W_EDIT}.\n")
+          f"float32 CPU, process CPU seconds, median of {repeats} alternating rounds; sigma {SIGMA}, "
+          f"w_source {W_SOURCE}, w_edit {W_EDIT}.\n")
     print(table.markdown())
     failed = [row[0] for row in table.rows if row[3] == "FAIL"]
     if failed:

@@ -29,7 +29,8 @@ TEXT_TOKENS = 77
 SD15_UNET: dict[str, Any] = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
     "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
+    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
     "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
     "use_temporal_attention": False, "use_temporal_resblock": False,
@@ -188,4 +189,5 @@ def random_problem(size: int, device: torch.device, dtype: torch.dtype = torch.f
     latent = torch.randn(1, 4, h, h, generator=g)
     photo = torch.rand(1, 3, size, size, generator=g)
     null, source, edit = (torch.randn(1, TEXT_TOKENS, 768, generator=g) for _ in range(3))
-    return tuple(t.to(device, dtype if t is not photo else torch.float32) for t in (latent, photo, null, source, edit))
+    return tuple(t.to(device, dtype if t is not photo else torch.float32)
+                 for t in (latent, photo, null, source, edit))

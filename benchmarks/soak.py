@@ -77,7 +77,8 @@ def count_files(base_dir: Path) -> int:
     return sum(1 for d in ("temp", "output") for p in (base_dir / d).rglob("*") if p.is_file())
 
 
-def soak(server: ComfyServer, runs: int, timeout_s: float, guidance_vae: str | None = None) -> list[RunSample]:
+def soak(server: ComfyServer, runs: int, timeout_s: float,
+         guidance_vae: str | None = None) -> list[RunSample]:
     from psg_testing.reliability import soak_prompt  # needs the host on sys.path (GraphBuilder)
 
     proc = psutil.Process(server.process.pid)
@@ -118,9 +119,10 @@ def table(samples: list[RunSample], first: int, settled: int, files_before: int)
         f"| server peak RSS while the run executed | {a.peak_rss / MiB:.1f} MiB | {b.peak_rss / MiB:.1f} MiB "
         f"| {100 * growth:+.2f} % | < {100 * RSS_GROWTH_LIMIT:.0f} % | {'PASS' if ok_rss else 'FAIL'} |",
         f"| server RSS right after the run | {a.end_rss / MiB:.1f} MiB | {b.end_rss / MiB:.1f} MiB "
-        f"| {100 * (b.end_rss / a.end_rss - 1):+.2f} % | - | report (run {a.index}: the next run is executing) |",
-        f"| files in temp/ + output/ (before: {files_before}) | {a.files} | {b.files} | {b.files - a.files:+d} "
-        f"| 0 | {'PASS' if ok_files else 'FAIL'} |",
+        f"| {100 * (b.end_rss / a.end_rss - 1):+.2f} % | - | report (run {a.index}: the next run is "
+        "executing) |",
+        f"| files in temp/ + output/ (before: {files_before}) | {a.files} | {b.files} | "
+        f"{b.files - a.files:+d} | 0 | {'PASS' if ok_files else 'FAIL'} |",
         f"| open file descriptors | {a.fds} | {b.fds} | {b.fds - a.fds:+d} | - | report |",
         f"| threads | {a.threads} | {b.threads} | {b.threads - a.threads:+d} | - | report |",
         f"| seconds per edit (queue throughput) | {a.seconds:.2f} | {b.seconds:.2f} | - | - | report |",
@@ -131,7 +133,8 @@ def table(samples: list[RunSample], first: int, settled: int, files_before: int)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--first", type=int, default=5, help="the run the growth is measured from")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per edit")
@@ -169,11 +172,12 @@ def main() -> int:
     text, ok = table(samples, args.first, settle_s, files_before)
     machine = (f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                f"Python {platform.python_version()}, ComfyUI at {root}, {datetime.date.today()}")
-    print(f"\n{machine}\nCommand: .venv/bin/python -m benchmarks.soak --runs {args.runs} --first {args.first} "
-          f"--guidance-vae {args.guidance_vae}\n")
+    print(f"\n{machine}\nCommand: .venv/bin/python -m benchmarks.soak --runs {args.runs} --first "
+          f"{args.first} --guidance-vae {args.guidance_vae}\n")
     print(text)
     print(f"Idle RSS after the queue: {idle_rss / MiB:.1f} MiB "
-          f"({100 * (idle_rss / samples[args.first - 1].end_rss - 1):+.2f} % vs right after run {args.first}).")
+          f"({100 * (idle_rss / samples[args.first - 1].end_rss - 1):+.2f} % vs right after run "
+          f"{args.first}).")
     print("\nverdict:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -19,20 +19,31 @@ class PSGTriplePromptGuider(io.ComfyNode):
             display_name=NODE,
             category="PSG/sampling",
             description=(
-                "Text guidance over three prompts: x0 = null + w_edit (edit - null) + w_source (source - null). "
-                "w_source = 0 is plain CFG on the edit prompt; w_edit = 0 rebuilds the source image. With an "
-                "optimized inversion it uses the per-step null embeddings / offsets so the unedited parts stay."
+                "Text guidance over three prompts: x0 = null + w_edit (edit - null) + w_source (source - "
+                "null). w_source = 0 is plain CFG on the edit prompt; w_edit = 0 rebuilds the source image. "
+                "With an optimized inversion it uses the per-step null embeddings / offsets so the unedited "
+                "parts stay."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (the one used for the inversion)."),
-                io.Conditioning.Input("null", tooltip="The null (empty) prompt; replaced per step by the optimized nulls when an inversion carries them."),
+                io.Conditioning.Input("null", tooltip="The null (empty) prompt; replaced per step by the "
+                                                      "optimized nulls when an inversion carries them."),
                 io.Conditioning.Input("source", tooltip="The caption of the real image (source prompt)."),
                 io.Conditioning.Input("edit", tooltip="The edited caption (target prompt)."),
-                io.Float.Input("w_source", default=0.0, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (source - null). 0 = plain CFG on the edit prompt; small negative values push away from the source, positive values keep more of it."),
-                io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01, tooltip="Weight of (edit - null), the usual CFG scale; 0 reconstructs the source. 5-10 typical."),
-                PSGInversionType.Input("inversion", optional=True, tooltip="Optional: an inversion from PSG Text Guidance Optimization, for its per-step nulls or offsets. Sample with the same steps and scheduler."),
+                io.Float.Input("w_source", default=0.0, min=-30.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Weight of (source - null). 0 = plain CFG on the edit prompt; small "
+                                       "negative values push away from the source, positive values keep more "
+                                       "of it."),
+                io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Weight of (edit - null), the usual CFG scale; 0 reconstructs the "
+                                       "source. 5-10 typical."),
+                PSGInversionType.Input("inversion", optional=True,
+                                       tooltip="Optional: an inversion from PSG Text Guidance Optimization, "
+                                               "for its per-step nulls or offsets. Sample with the same "
+                                               "steps and scheduler."),
             ],
-            outputs=[io.Guider.Output(tooltip="A GUIDER for SamplerCustomAdvanced (with the PSG Perceptual Sampler or any sampler).")],
+            outputs=[io.Guider.Output(tooltip="A GUIDER for SamplerCustomAdvanced (with the PSG Perceptual "
+                                              "Sampler or any sampler).")],
         )
 
     @classmethod

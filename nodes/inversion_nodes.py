@@ -1,4 +1,4 @@
-"""DDIM inversion and text-guidance optimization nodes."""
+"""PSG DDIM Inversion: a real image's latent run backwards to noise under its caption."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 from comfy_api.latest import io
 
 from . import host, validation
-from .pipelines.inversion import invert, latent_samples, optimize_text
-from .psg_types import TEXT_MODE_NAMES, PSGInversionType, TextMode
+from .pipelines.inversion import invert, latent_samples
+from .psg_types import PSGInversionType
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +35,33 @@ class PSGDDIMInversion(io.ComfyNode):
                 "prompt). The trajectory lets the PSG guider and sampler rebuild the image and edit it."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL, SD3 or Flux) used for inversion and editing."),
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL, SD3 or Flux) used "
+                                                "for inversion and editing."),
                 io.Latent.Input("latent", tooltip="The real image's latent, from VAE Encode."),
-                io.Conditioning.Input("source", tooltip="The caption of the real image (source prompt), from CLIP Text Encode."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps; sample with the same number. 50 as in the paper; 20-30 is faster and usually fine."),
-                io.Combo.Input("scheduler", options=host.SCHEDULERS, default=host.DEFAULT_SCHEDULER, tooltip="Sigma schedule; sample with the same one. 'simple' (or ddim_uniform) matches DDIM."),
-                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance during inversion; 1 (no guidance) is the standard, most faithful choice. Other values need 'null'."),
-                io.Conditioning.Input("null", optional=True, tooltip="Empty-prompt conditioning, only used when cfg is not 1."),
+                io.Conditioning.Input("source", tooltip="The caption of the real image (source prompt), from "
+                                                        "CLIP Text Encode."),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip="DDIM steps; sample with the same number. 50 as in the paper; 20-30 is "
+                                     "faster and usually fine."),
+                io.Combo.Input("scheduler", options=host.SCHEDULERS, default=host.DEFAULT_SCHEDULER,
+                               tooltip="Sigma schedule; sample with the same one. 'simple' (or ddim_uniform) "
+                                       "matches DDIM."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Guidance during inversion; 1 (no guidance) is the standard, most "
+                                       "faithful choice. Other values need 'null'."),
+                io.Conditioning.Input("null", optional=True,
+                                      tooltip="Empty-prompt conditioning, only used when cfg is not 1."),
                 io.Int.Input("refine", default=0, min=0, max=10, optional=True, tooltip=REFINE_TOOLTIP),
             ],
             outputs=[
-                PSGInversionType.Output(display_name="inversion", tooltip="The inversion trajectory (latents, sigmas, model family) for the PSG optimizer, guider, sampler and save nodes."),
-                io.Latent.Output(display_name="noise", tooltip="The inverted noise latent; sample from it with noise disabled to rebuild or edit the image. On flow models (SD3/Flux) use the PSG Perceptual Sampler: a stock sampler with Disable Noise starts them from 0."),
+                PSGInversionType.Output(display_name="inversion",
+                                        tooltip="The inversion trajectory (latents, sigmas, model family) "
+                                                "for the PSG optimizer, guider, sampler and save nodes."),
+                io.Latent.Output(display_name="noise",
+                                 tooltip="The inverted noise latent; sample from it with noise disabled to "
+                                         "rebuild or edit the image. On flow models (SD3/Flux) use the PSG "
+                                         "Perceptual Sampler: a stock sampler with Disable Noise starts them "
+                                         "from 0."),
             ],
         )
 
@@ -67,53 +82,3 @@ class PSGDDIMInversion(io.ComfyNode):
                             node=node, fixed_point_iters=refine or 0)
         logger.info("PSG inversion: %s", inv.describe())
         return io.NodeOutput(inv, {"samples": noise})
-
-
-class PSGTextGuidanceOptimize(io.ComfyNode):
-    """Fits per-step null embeddings (or latent offsets) so guided sampling retraces the inversion."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PSGTextGuidanceOptimize",
-            display_name="PSG Text Guidance Optimization",
-            category="PSG/inversion",
-            description=(
-                "Makes guided sampling reproduce the inverted image. null-text optimization tunes one null "
-                "embedding per step (Mokady et al.; best fidelity, slowest); negative-prompt uses the source "
-                "prompt as the null (free); direct offsets store the per-step latent drift (fast, exact)."
-            ),
-            inputs=[
-                io.Model.Input("model", tooltip="The same model the inversion was made with."),
-                PSGInversionType.Input("inversion", tooltip="The output of PSG DDIM Inversion."),
-                io.Conditioning.Input("source", tooltip="The source prompt used for the inversion."),
-                io.Conditioning.Input("null", tooltip="The null (empty) prompt, the starting point of the optimization."),
-                io.Combo.Input("mode", options=TEXT_MODE_NAMES, default=TextMode.NULL_TEXT.value, tooltip="'null-text optimisation' (best), 'negative-prompt' (free) or 'direct offsets' (fast)."),
-                io.Float.Input("guidance_scale", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="The CFG scale sampling will use on the source prompt; 7.5 as in the paper."),
-                io.Int.Input("inner_steps", default=10, min=1, max=100, tooltip="Null-text only. The budget per step, as in prompt-to-prompt: 10 = at most 12 model calls (1 source + 10 Adam steps + 1 final for the reference schedule; the secant default usually stops after 3-4)."),
-                io.Float.Input("tolerance", default=1e-4, min=0.0, max=1.0, step=1e-5, round=1e-7, tooltip="Null-text, secant schedule: stop a step once its landing error is below this fraction of the latent's size (1e-4). The reference schedule uses prompt-to-prompt's own thresholds."),
-                io.Combo.Input("schedule", options=["secant", "reference"], default="secant", optional=True, tooltip="Null-text only. secant (default): closes the guidance drift in far fewer model calls. reference: prompt-to-prompt's Adam schedule, for comparison with published results."),
-            ],
-            outputs=[
-                PSGInversionType.Output(display_name="inversion", tooltip="The inversion carrying the per-step nulls or offsets; plug it into the PSG guider."),
-            ],
-        )
-
-    @classmethod
-    def validate_inputs(
-        cls,
-        guidance_scale: float | None = None,
-        tolerance: float | None = None,
-    ) -> bool | str:
-        # the pack's number widgets, checked before anything runs (NaN / inf / range)
-        return validation.check_number_inputs(cls, locals())
-
-    @classmethod
-    def execute(cls, model, inversion, source, null, mode, guidance_scale, inner_steps, tolerance,
-                schedule="secant") -> io.NodeOutput:
-        node = "PSG Text Guidance Optimization"
-        host.embedding_of(source, "source", node)
-        host.embedding_of(null, "null", node)
-        inv = optimize_text(model, inversion, source, null, mode=mode, guidance_scale=guidance_scale,
-                            inner_steps=inner_steps, tolerance=tolerance, node=node, schedule=schedule)
-        return io.NodeOutput(inv)

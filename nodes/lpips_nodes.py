@@ -25,9 +25,13 @@ class PSGLPIPSLoader(io.ComfyNode):
                 "the lpips package. Nothing is downloaded; a missing file gives a message saying which one."
             ),
             inputs=[
-                io.Combo.Input("net", options=list(NETS), default="alex", tooltip="Backbone: alex (default, fast, the paper's choice), vgg (closer to human judgement for edits, slower), squeeze (smallest)."),
+                io.Combo.Input("net", options=list(NETS), default="alex",
+                               tooltip="Backbone: alex (default, fast, the paper's choice), vgg (closer to "
+                                       "human judgement for edits, slower), squeeze (smallest)."),
             ],
-            outputs=[PSGLpipsType.Output(display_name="lpips", tooltip="The LPIPS network for the PSG Perceptual Sampler and PSG Edit.")],
+            outputs=[PSGLpipsType.Output(display_name="lpips",
+                                         tooltip="The LPIPS network for the PSG Perceptual Sampler and PSG "
+                                                 "Edit.")],
         )
 
     @classmethod

@@ -88,13 +88,16 @@ class PSGInversion:
 
     def describe(self) -> str:
         extra = f", {self.mode.value}" if self.mode else ""
-        return f"{self.family}, {self.steps} steps ({self.scheduler}), latent {list(self.latent_shape)}{extra}"
+        return (f"{self.family}, {self.steps} steps ({self.scheduler}), "
+                f"latent {list(self.latent_shape)}{extra}")
 
 
-def check_matches(inv: PSGInversion, family: str, node: str, latent_shape: tuple[int, ...] | None = None) -> None:
+def check_matches(inv: PSGInversion, family: str, node: str,
+                  latent_shape: tuple[int, ...] | None = None) -> None:
     """Refuse an inversion made with another model family or for another latent size."""
     if not isinstance(inv, PSGInversion):
-        raise ValueError(f"{node}: the 'inversion' input is not a PSG_INVERSION (connect a PSG DDIM Inversion node).")
+        raise ValueError(f"{node}: the 'inversion' input is not a PSG_INVERSION "
+                         "(connect a PSG DDIM Inversion node).")
     if inv.family != family:
         raise ValueError(
             f"{node}: this inversion was made with a {inv.family} model but the connected model is {family}; "

@@ -9,13 +9,14 @@ def all_nodes() -> list[type[io.ComfyNode]]:
     from .edit_nodes import PSGEdit
     from .guider_nodes import PSGTriplePromptGuider
     from .image_nodes import PSGFitImage
-    from .inversion_nodes import PSGDDIMInversion, PSGTextGuidanceOptimize
+    from .inversion_nodes import PSGDDIMInversion
     from .lpips_nodes import PSGLPIPSLoader
     from .metrics import NODES as METRIC_NODES
     from .p2p_nodes import PSGP2PSampler
     from .p2p_settings_nodes import PSGPromptToPrompt
     from .sampler_nodes import PSGPerceptualSampler
     from .storage_nodes import PSGLoadInversion, PSGSaveInversion
+    from .text_guidance_nodes import PSGTextGuidanceOptimize
     from .text_nodes import PSGTextEncode
 
     return [

@@ -33,9 +33,12 @@ class PSGSaveInversion(io.ComfyNode):
             ),
             inputs=[
                 PSGInversionType.Input("inversion", tooltip="The inversion to save (optimized or not)."),
-                io.String.Input("filename_prefix", default="psg_inversion", tooltip="File name prefix inside output/psg_inversions/; a counter is appended. Sub-folders allowed, leaving the folder is not."),
+                io.String.Input("filename_prefix", default="psg_inversion",
+                                tooltip="File name prefix inside output/psg_inversions/; a counter is "
+                                        "appended. Sub-folders allowed, leaving the folder is not."),
             ],
-            outputs=[io.String.Output(display_name="file", tooltip="The saved file's name as PSG Load Inversion lists it.")],
+            outputs=[io.String.Output(display_name="file",
+                                      tooltip="The saved file's name as PSG Load Inversion lists it.")],
             is_output_node=True,
         )
 
@@ -79,12 +82,17 @@ class PSGLoadInversion(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input("file", options=_choices(), tooltip="A saved inversion (.safetensors)."),
-                io.Model.Input("model", tooltip="The model you will edit with; must be the same family as the one that made the inversion."),
-                io.Int.Input("steps", default=0, min=0, max=1000, tooltip="Expected step count; 0 accepts any."),
-                io.Latent.Input("latent", optional=True, tooltip="Optional: the image's latent (VAE Encode); its shape must match the inversion's."),
+                io.Model.Input("model", tooltip="The model you will edit with; must be the same family as "
+                                                "the one that made the inversion."),
+                io.Int.Input("steps", default=0, min=0, max=1000,
+                             tooltip="Expected step count; 0 accepts any."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Optional: the image's latent (VAE Encode); its shape must match the "
+                                        "inversion's."),
             ],
             outputs=[
-                PSGInversionType.Output(display_name="inversion", tooltip="The loaded inversion (with its nulls / offsets)."),
+                PSGInversionType.Output(display_name="inversion",
+                                        tooltip="The loaded inversion (with its nulls / offsets)."),
                 io.Latent.Output(display_name="noise", tooltip="The inverted noise latent."),
             ],
         )
@@ -93,7 +101,8 @@ class PSGLoadInversion(io.ComfyNode):
     def execute(cls, file, model, steps, latent=None) -> io.NodeOutput:
         path = folder_paths.get_full_path(FOLDER, file)
         if path is None:
-            raise ValueError(f"{LOAD_NODE}: {file!r} was not found in the psg_inversions folders; refresh the list.")
+            raise ValueError(f"{LOAD_NODE}: {file!r} was not found in the psg_inversions folders; refresh "
+                             "the list.")
         inv = from_file(path, LOAD_NODE)
         family = host.detect_family(model, LOAD_NODE)
         shape = None
@@ -101,7 +110,8 @@ class PSGLoadInversion(io.ComfyNode):
             shape = tuple(latent_samples(latent, LOAD_NODE).shape)
         check_matches(inv, family.name, LOAD_NODE, latent_shape=shape)
         if steps and steps != inv.steps:
-            raise ValueError(f"{LOAD_NODE}: {file} has {inv.steps} steps, expected {steps}; set steps to {inv.steps} or 0.")
+            raise ValueError(f"{LOAD_NODE}: {file} has {inv.steps} steps, expected {steps}; set steps to "
+                             f"{inv.steps} or 0.")
         noise = model.model.process_latent_out(inv.noise.clone())
         return io.NodeOutput(inv, {"samples": noise})
 

@@ -60,8 +60,8 @@ def check_finite(tensor: torch.Tensor, name: str, node: str) -> None:
         )
 
 
-def check_min_side(width: int, height: int, node: str, what: str = "the image", multiple: int = LATENT_MULTIPLE,
-                   min_side: int = MIN_IMAGE_SIDE) -> None:
+def check_min_side(width: int, height: int, node: str, what: str = "the image",
+                   multiple: int = LATENT_MULTIPLE, min_side: int = MIN_IMAGE_SIDE) -> None:
     """Both sides at least ``min_side`` px (LPIPS), else one message with the size to enlarge to."""
     if min(height, width) >= min_side:
         return
@@ -84,7 +84,8 @@ def check_image_size(image: torch.Tensor, node: str, multiple: int = LATENT_MULT
         fit = (width // multiple * multiple, height // multiple * multiple)
         raise ValueError(
             f"{node}: the image is {width}x{height}; both sides must be a multiple of {multiple}. "
-            f"Resize or crop it first (e.g. Upscale Image to {max(fit[0], multiple)}x{max(fit[1], multiple)})."
+            "Resize or crop it first (e.g. Upscale Image to "
+            f"{max(fit[0], multiple)}x{max(fit[1], multiple)})."
         )
 
 
@@ -162,8 +163,12 @@ def check_guidance_vae(guidance_vae: object | None, model: object, node: str) ->
            else "use the model's own VAE or leave guidance_vae unconnected")
     taesd = _taesd_scale_shift(fsm)
     known = _taesd_by_scale(*taesd) if taesd else None
-    label = (f"{known[0]} ({known[3]})" if known
-             else f"a TAESD with scale {taesd[0]:g} / shift {taesd[1]:g}" if taesd else f"a {type(fsm).__name__} VAE")
+    if known:
+        label = f"{known[0]} ({known[3]})"
+    elif taesd:
+        label = f"a TAESD with scale {taesd[0]:g} / shift {taesd[1]:g}"
+    else:
+        label = f"a {type(fsm).__name__} VAE"
     channels = getattr(guidance_vae, "latent_channels", None)
     if isinstance(channels, int) and channels != model_channels:
         raise ValueError(

@@ -104,7 +104,8 @@ def refinement_map(source: Sequence[int], edit: Sequence[int], length: int) -> T
     return TokenMap(index=index, alpha=alpha)
 
 
-def token_map(mode: P2PMode, source: Sequence[int], edit: Sequence[int], length: int) -> tuple[TokenMap, P2PMode]:
+def token_map(mode: P2PMode, source: Sequence[int], edit: Sequence[int],
+              length: int) -> tuple[TokenMap, P2PMode]:
     """The map for ``mode``; a word swap whose token counts differ falls back to refinement (logged).
     Re-weighting edits the aligned attention, so it maps like refinement."""
     if mode is P2PMode.REPLACE:
@@ -175,7 +176,8 @@ def attend(probs: Tensor, v: Tensor) -> Tensor:
     return (probs @ vh).transpose(1, 2).reshape(r, probs.shape[2], heads * d).to(v.dtype)
 
 
-def edit_cross_attention(source: Tensor, edit: Tensor, mapping: TokenMap, weights: Tensor | None = None) -> Tensor:
+def edit_cross_attention(source: Tensor, edit: Tensor, mapping: TokenMap,
+                         weights: Tensor | None = None) -> Tensor:
     """The edit branch's cross-attention inside the window (module docstring)."""
     if source.shape[-1] != mapping.length or edit.shape[-1] != mapping.length:
         raise ValueError(f"attention has {edit.shape[-1]} text keys but the token map has {mapping.length}")

@@ -87,7 +87,8 @@ def ddim_step(x: Tensor, sigma: Tensor, sigma_next: Tensor, x0_hat: Tensor, spac
     return noisy(x0_hat, eps_from_x0(x, sigma, x0_hat, space), sigma_next, space)
 
 
-def offset_as_x0(offset: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, space: NoiseSpace) -> Tensor:
+def offset_as_x0(offset: Tensor, sigma: Tensor | float, sigma_next: Tensor | float,
+                 space: NoiseSpace) -> Tensor:
     """The x0_hat shift whose DDIM step from ``sigma`` moves x_next by ``offset``.
 
     x_next = a' x0 + b' (x - a x0) / b, so adding d to x0 moves x_next by d (a' - b' a / b)."""
@@ -124,12 +125,15 @@ def _exact_inversion_update(x: Tensor, sigma: Tensor, sigma_next: Tensor, x0_hat
 
 def _check_sigmas(sigmas: Tensor, ascending: bool, what: str) -> None:
     if sigmas.ndim != 1 or len(sigmas) < 2:
-        raise ValueError(f"{what}: sigmas must be a 1-D schedule with at least 2 entries, got shape {tuple(sigmas.shape)}")
+        raise ValueError(f"{what}: sigmas must be a 1-D schedule with at least 2 entries, got shape "
+                         f"{tuple(sigmas.shape)}")
     d = sigmas[1:] - sigmas[:-1]
     if ascending and not (sigmas[0] == 0 and bool((d > 0).all())):
-        raise ValueError(f"{what}: sigmas must start at 0 and strictly increase (got {sigmas.tolist()[:4]}...)")
+        raise ValueError(f"{what}: sigmas must start at 0 and strictly increase (got "
+                         f"{sigmas.tolist()[:4]}...)")
     if not ascending and not (sigmas[-1] == 0 and bool((d < 0).all())):
-        raise ValueError(f"{what}: sigmas must strictly decrease and end at 0 (got ...{sigmas.tolist()[-4:]})")
+        raise ValueError(f"{what}: sigmas must strictly decrease and end at 0 (got "
+                         f"...{sigmas.tolist()[-4:]})")
 
 
 @torch.no_grad()
@@ -203,8 +207,8 @@ def ddim_sample(
     n = len(sigmas) - 1
     for name, seq in (("nulls", nulls), ("offsets", offsets)):
         if seq is not None and len(seq) != n:
-            raise ValueError(f"ddim_sample: {len(seq)} {name} for {n} steps; they must come from an inversion "
-                             f"with the same number of steps")
+            raise ValueError(f"ddim_sample: {len(seq)} {name} for {n} steps; they must come from an "
+                             f"inversion with the same number of steps")
     x = x_T
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]

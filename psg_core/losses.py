@@ -64,7 +64,8 @@ class ImageLoss:
         elif self.metric is not None:
             total = total + self.metric(image, reference)
         if self.mse_weight > 0:
-            total = total + self.mse_weight * _weighted_mean((image - reference).pow(2).mean(1, keepdim=True), keep)
+            squared = (image - reference).pow(2).mean(1, keepdim=True)
+            total = total + self.mse_weight * _weighted_mean(squared, keep)
         return total
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +73,8 @@ class ImageLoss:
             return x
         size = tuple(max(1, round(s * self.loss_scale)) for s in x.shape[-2:])
         if min(size) < MIN_LOSS_SIDE:
-            raise ValueError(f"ImageLoss: loss_scale {self.loss_scale} shrinks {tuple(x.shape[-2:])} to {size}; "
-                             f"keep at least {MIN_LOSS_SIDE} px per side.")
+            raise ValueError(f"ImageLoss: loss_scale {self.loss_scale} shrinks {tuple(x.shape[-2:])} to "
+                             f"{size}; keep at least {MIN_LOSS_SIDE} px per side.")
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
     def _keep(self, image: torch.Tensor) -> torch.Tensor:

@@ -107,8 +107,8 @@ def optimize_null_text(
     [B, ...])."""
     schedule = NullTextSchedule(schedule)
     if inner_steps < 0 or (schedule is NullTextSchedule.SECANT and inner_steps < 1):
-        raise ValueError(f"optimize_null_text: inner_steps must be >= {int(schedule is NullTextSchedule.SECANT)}, "
-                         f"got {inner_steps}")
+        raise ValueError("optimize_null_text: inner_steps must be >= "
+                         f"{int(schedule is NullTextSchedule.SECANT)}, got {inner_steps}")
     # Clones: host tensors may be inference tensors, which autograd cannot save for backward.
     traj = Trajectory(sigmas=traj.sigmas.clone(), latents=traj.latents.clone(), space=traj.space)
     batch = traj.noise.shape[0]
@@ -207,7 +207,8 @@ def _secant(denoise: Denoiser, traj: Trajectory, source: Tensor, current: Tensor
             ev = _evaluate(leaf, x0_null, x0_source, x, s, s_next, target, scale, space, work)
             if callback is not None:
                 callback(j, traj.steps, x, cfg([ev.x0_null, x0_source], scale))
-            improved = [bool(torch.isfinite(ev.error[b])) and (best[b] is None or bool(ev.error[b] <= best[b].error[b]))
+            improved = [bool(torch.isfinite(ev.error[b]))
+                        and (best[b] is None or bool(ev.error[b] <= best[b].error[b]))
                         for b in range(batch)]
             for b in range(batch):
                 previous = None if best[b] is None else float(best[b].error[b])

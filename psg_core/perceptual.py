@@ -62,16 +62,19 @@ class PerceptualGuidance:
         differentiated). checkpoint: recompute ``decode`` in the backward to save memory.
     """
 
-    def __init__(self, decode: Decode, reference: torch.Tensor, *, loss: lpips.LPIPS | ImageLoss | Metric | None = None,
-                 scale: float = DEFAULT_SCALE, start: float = 0.0, end: float = 1.0, every: int = 1, repeats: int = 1,
+    def __init__(self, decode: Decode, reference: torch.Tensor, *,
+                 loss: lpips.LPIPS | ImageLoss | Metric | None = None, scale: float = DEFAULT_SCALE,
+                 start: float = 0.0, end: float = 1.0, every: int = 1, repeats: int = 1,
                  through_model: bool = False, mask: torch.Tensor | None = None, mse_weight: float = 0.0,
                  loss_scale: float = 1.0, checkpoint: bool = False) -> None:
         if not callable(decode):
             raise ValueError("PerceptualGuidance: decode must be a callable latent -> image in [0, 1].")
         if reference.dim() != 4 or reference.shape[1] != 3:
-            raise ValueError(f"PerceptualGuidance: reference must be (B, 3, H, W); got {tuple(reference.shape)}.")
+            raise ValueError("PerceptualGuidance: reference must be (B, 3, H, W); got "
+                             f"{tuple(reference.shape)}.")
         if reference.numel() and (reference.min() < -1e-3 or reference.max() > 1 + 1e-3):
-            raise ValueError("PerceptualGuidance: reference must be an image in [0, 1] (not [-1, 1] or 0-255).")
+            raise ValueError("PerceptualGuidance: reference must be an image in [0, 1] (not [-1, 1] or "
+                             "0-255).")
         if not (math.isfinite(scale) and scale >= 0):
             raise ValueError(f"PerceptualGuidance: scale must be a finite number >= 0 (got {scale}).")
         problem = window_problem(start, end, every, repeats)
@@ -102,8 +105,9 @@ class PerceptualGuidance:
         """Per guided step move, as a fraction of rms(x0_hat): the budget spread over the run."""
         return self.scale * self.every / total
 
-    def __call__(self, *, step: int, total: int, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                 x0_hat: torch.Tensor, eps_hat: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor],
+    def __call__(self, *, step: int, total: int, x: torch.Tensor, sigma: torch.Tensor,
+                 sigma_next: torch.Tensor, x0_hat: torch.Tensor, eps_hat: torch.Tensor,
+                 predict: Callable[[torch.Tensor], torch.Tensor],
                  space: NoiseSpace) -> tuple[torch.Tensor, torch.Tensor]:
         if step == 0:
             self.reset()
@@ -163,14 +167,16 @@ class PerceptualGuidance:
         image = grad_checkpoint(self.decode, x0, use_reentrant=False) if self.checkpoint else self.decode(x0)
         value = self.loss(image, self._reference_like(image))
         if not torch.is_tensor(value) or value.numel() != 1:
-            raise ValueError("PerceptualGuidance: the loss must return a scalar tensor (reduce over the batch).")
+            raise ValueError("PerceptualGuidance: the loss must return a scalar tensor (reduce over the "
+                             "batch).")
         (grad,) = torch.autograd.grad(value, wrt)
         return float(value.detach()), grad
 
     def _reference_like(self, image: torch.Tensor) -> torch.Tensor:
         """The reference as a normal (non-inference) tensor on the image's device, dtype and size."""
         ref = self._ref
-        if ref is None or ref.device != image.device or ref.dtype != image.dtype or ref.shape[-2:] != image.shape[-2:]:
+        if (ref is None or ref.device != image.device or ref.dtype != image.dtype
+                or ref.shape[-2:] != image.shape[-2:]):
             ref = self.reference.detach().clone().to(image.device, image.dtype)
             if ref.shape[-2:] != image.shape[-2:]:
                 logger.info("perceptual guidance: resizing the reference %s to the decoded size %s",
@@ -179,8 +185,8 @@ class PerceptualGuidance:
                                                       align_corners=False, antialias=True)
             self._ref = ref
         if ref.shape[0] not in (1, image.shape[0]):
-            raise ValueError(f"PerceptualGuidance: reference batch {ref.shape[0]} does not match the latent batch "
-                             f"{image.shape[0]} (use 1 or the same).")
+            raise ValueError(f"PerceptualGuidance: reference batch {ref.shape[0]} does not match the latent "
+                             f"batch {image.shape[0]} (use 1 or the same).")
         return ref
 
 
@@ -195,7 +201,8 @@ def _make_loss(loss: lpips.LPIPS | ImageLoss | Metric | None, mask: torch.Tensor
 
         loss = load_lpips("alex")
     elif not callable(loss):
-        raise ValueError(f"PerceptualGuidance: loss must be an lpips.LPIPS or a callable, got {type(loss).__name__}.")
+        raise ValueError("PerceptualGuidance: loss must be an lpips.LPIPS or a callable, got "
+                         f"{type(loss).__name__}.")
     if isinstance(loss, torch.nn.Module):
         loss.eval().requires_grad_(False)
     return ImageLoss(loss, mask=None if mask is None else as_mask(mask), mse_weight=mse_weight,

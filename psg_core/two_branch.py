@@ -98,7 +98,8 @@ def two_branch_sample(
     """
     _check_sigmas(sigmas, ascending=False, what="two_branch_sample")
     if guidance.w_edit == 0:
-        raise ValueError("two_branch_sample: w_edit is 0, so there is no edit branch; use ddim_sample to reconstruct")
+        raise ValueError("two_branch_sample: w_edit is 0, so there is no edit branch; use ddim_sample to "
+                         "reconstruct")
     n = len(sigmas) - 1
     for name, seq in (("nulls", nulls), ("offsets", offsets)):
         if seq is not None and len(seq) != n:
@@ -115,7 +116,8 @@ def two_branch_sample(
         layout = BranchLayout(len(edit_conds), len(src_conds))
         if on_step is not None:
             on_step(i, n, layout)
-        outs = denoise([x_edit] * layout.edit_count + [x_src] * layout.source_count, sig, edit_conds + src_conds)
+        rows = [x_edit] * layout.edit_count + [x_src] * layout.source_count
+        outs = denoise(rows, sig, edit_conds + src_conds)
         x0_edit = guidance.combine(outs[:layout.edit_count])
         x0_src = src_guidance.combine(outs[layout.edit_count:])
         eps_edit = eps_from_x0(x_edit, s, x0_edit, space)
@@ -126,8 +128,8 @@ def two_branch_sample(
             def predict(x_in: Tensor, _sig: Tensor = sig, _conds: list[Any] = edit_conds) -> Tensor:
                 return guidance.combine(denoise([x_in] * len(_conds), _sig, _conds))
 
-            x0_edit, eps_edit = perceptual(step=i, total=n, x=x_edit, sigma=s, sigma_next=s_next, x0_hat=x0_edit,
-                                           eps_hat=eps_edit, predict=predict, space=space)
+            x0_edit, eps_edit = perceptual(step=i, total=n, x=x_edit, sigma=s, sigma_next=s_next,
+                                           x0_hat=x0_edit, eps_hat=eps_edit, predict=predict, space=space)
         x_edit = noisy(x0_edit, eps_edit, s_next, space)
         x_src = ddim_step(x_src, s, s_next, x0_src, space)
         if offsets is not None:
