@@ -87,7 +87,8 @@ FAMILIES = {
                    f"{HF}/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/{roles.DEFAULT_CHECKPOINT}",
                    512, 8),
     "sd2": Family("sd2", "SD2.1 768 (v-prediction)", "v2-1_768-ema-pruned.safetensors",
-                  f"{HF}/stabilityai/stable-diffusion-2-1/resolve/main/v2-1_768-ema-pruned.safetensors", 768, 8,
+                  f"{HF}/stabilityai/stable-diffusion-2-1/resolve/main/v2-1_768-ema-pruned.safetensors",
+                  768, 8,
                   advice="SD2.x-v predicts velocity; ComfyUI detects it from the checkpoint, nothing to set. "
                          "Its latent space is SD1's, so the guidance VAE is taesd. For the 512 px SD2 base "
                          "model set long_side 512."),
@@ -153,9 +154,13 @@ def _loader(family: Family) -> list[Node]:
 def _guidance_vae(family: Family) -> list[Node]:
     """The TAESD loader for ``guidance_vae`` (a cheap LPIPS gradient) and the note explaining it."""
     name = roles.TAESD_FOR_FAMILY[family.key]
-    note = f"""Guidance VAE: Load VAE -> {name} (TAESD, a tiny decoder) is used ONLY for the LPIPS gradient, so a guided step costs about 1.1x a plain step instead of 2-3x. The edited image is always decoded with the checkpoint's own VAE.
-Files: {name}_encoder.safetensors and {name}_decoder.safetensors from {roles.TAESD_URL} go in ComfyUI/models/vae_approx/ (then press R to refresh).
-Without them: delete this Load VAE node (guidance_vae unconnected = the full VAE decodes the guidance: slower) or run the CLI with --guidance-vae none."""
+    note = f"""Guidance VAE: Load VAE -> {name} (TAESD, a tiny decoder) is used ONLY for the LPIPS gradient, \
+so a guided step costs about 1.1x a plain step instead of 2-3x. The edited image is always decoded with the \
+checkpoint's own VAE.
+Files: {name}_encoder.safetensors and {name}_decoder.safetensors from {roles.TAESD_URL} go in \
+ComfyUI/models/vae_approx/ (then press R to refresh).
+Without them: delete this Load VAE node (guidance_vae unconnected = the full VAE decodes the guidance: \
+slower) or run the CLI with --guidance-vae none."""
     return [Node("gvae", "VAELoader", roles.GUIDANCE_VAE.title, {"vae_name": name}),
             Node("gvae_note", NOTE, "About the guidance VAE", {"text": note})]
 
@@ -166,7 +171,8 @@ def _outputs(image: tuple[str, int]) -> list[Node]:
         Node("restore", "ImageScale", "Output size",
              {"upscale_method": "lanczos", "width": 0, "height": 0, "crop": "disabled"},
              {"image": image, "width": ("fit", 2), "height": ("fit", 3)}),
-        Node("save", "SaveImage", roles.EDITED.title, {"filename_prefix": "psg/edit"}, {"images": ("restore", 0)}),
+        Node("save", "SaveImage", roles.EDITED.title, {"filename_prefix": "psg/edit"},
+             {"images": ("restore", 0)}),
         Node("grid", "ImageStitch", "Before | after", {"direction": "right", "match_image_size": True,
                                                         "spacing_width": 8, "spacing_color": "white"},
              {"image1": ("fit", 0), "image2": image}),
@@ -174,28 +180,40 @@ def _outputs(image: tuple[str, int]) -> list[Node]:
     ]
 
 
-PHOTO_STEPS = """Photo: any size. PSG Fit Image ('Fit to model') scales it so the long side is {long_side} px ({label}) with sides a multiple of {multiple}, and resizes the mask the same way; output_size 'photo size' scales the result back to the photo's size ('Output size' node), 'working size' keeps it at {long_side} px.
-Mask: right-click the Photo node -> Open in MaskEditor and paint the region allowed to change (painted = free; the rest is kept close to the photo by LPIPS). No painting = the whole photo is guided."""
+PHOTO_STEPS = """Photo: any size. PSG Fit Image ('Fit to model') scales it so the long side is {long_side} \
+px ({label}) with sides a multiple of {multiple}, and resizes the mask the same way; output_size 'photo \
+size' scales the result back to the photo's size ('Output size' node), 'working size' keeps it at \
+{long_side} px.
+Mask: right-click the Photo node -> Open in MaskEditor and paint the region allowed to change (painted = \
+free; the rest is kept close to the photo by LPIPS). No painting = the whole photo is guided."""
 
 CLI_LINE = "Headless: python -m psg_cli edit photo.jpg --source \"...\" --target \"...\" --workflow {name}"
 
 
 def _edit_note(name: str, family: Family) -> str:
-    note = f"""PSG one-node edit, {family.label} (arXiv 2312.06680): invert the photo, optimize the text guidance, then sample the edit with perceptual-similarity (LPIPS) guidance.
+    note = f"""PSG one-node edit, {family.label} (arXiv 2312.06680): invert the photo, optimize the text \
+guidance, then sample the edit with perceptual-similarity (LPIPS) guidance.
 
 1. Checkpoint: {family.checkpoint} (the Checkpoint node offers to download it when missing).
 2. {PHOTO_STEPS.format(long_side=family.long_side, label=family.label, multiple=family.multiple)}
-3. Source prompt = a caption of the photo as it is; Target prompt = the same caption with the change (e.g. cat -> tiger). Null prompt stays empty.
+3. Source prompt = a caption of the photo as it is; Target prompt = the same caption with the change (e.g. \
+cat -> tiger). Null prompt stays empty.
 4. PSG Edit knobs:
  - steps / scheduler: DDIM steps (50 in the paper; 20-30 is faster), 'simple' matches DDIM.
  - w_edit: CFG strength of the edit ({family.w_edit} here). 0 reconstructs the photo.
- - w_source: weight of the source prompt (0 = plain CFG on the target; small negative values push away from the source).
- - text_optimisation: 'null-text optimisation' (best, slow), 'negative-prompt' (free), 'direct offsets' (fast), 'none'.
+ - w_source: weight of the source prompt (0 = plain CFG on the target; small negative values push away from \
+the source).
+ - text_optimisation: 'null-text optimisation' (best, slow), 'negative-prompt' (free), 'direct offsets' \
+(fast), 'none'.
  - inner_steps: null-text: at most this many model calls per step (10; it usually stops after 2-3).
- - scale / start / end: LPIPS guidance strength (0 = off, 0.5-2 typical) and when it acts; higher keeps more of the photo.
+ - scale / start / end: LPIPS guidance strength (0 = off, 0.5-2 typical) and when it acts; higher keeps more \
+of the photo.
  - guidance_vae (Guidance VAE, see its note) / guidance_resolution: what decodes the x0 estimates for LPIPS.
- PSG Edit remembers its inversion: after changing only scale / start / end / the mask / the Target prompt the next run goes straight to sampling; a new w_edit or w_source re-fits the null-text but keeps the inversion.
-5. Edited image is saved to output/psg/; 'Before | after' previews the photo next to the edit at working size."""
+ PSG Edit remembers its inversion: after changing only scale / start / end / the mask / the Target prompt \
+the next run goes straight to sampling; a new w_edit or w_source re-fits the null-text but keeps the \
+inversion.
+5. Edited image is saved to output/psg/; 'Before | after' previews the photo next to the edit at working \
+size."""
     if family.advice:
         note += f"\n{family.label}: {family.advice}"
     return note + "\n" + CLI_LINE.format(name=name) + (
@@ -217,10 +235,12 @@ def one_node_edit(name: str, family: Family, steps: int = 50) -> Workflow:
 
 
 def _stages(steps: int, scheduler: str, w_edit: float, w_source: float, scale: float, *,
-            inversion: str = "optimize", noise: tuple[str, int] = ("invert", 1), guided: bool = True) -> list[Node]:
+            inversion: str = "optimize", noise: tuple[str, int] = ("invert", 1),
+            guided: bool = True) -> list[Node]:
     """Triple-prompt guider + perceptual sampler -> SamplerCustomAdvanced -> VAE Decode."""
     return [
-        Node("guider", "PSGTriplePromptGuider", "Triple-Prompt Guider", {"w_source": w_source, "w_edit": w_edit},
+        Node("guider", "PSGTriplePromptGuider", "Triple-Prompt Guider",
+             {"w_source": w_source, "w_edit": w_edit},
              {"model": ("ckpt", 0), "null": ("null", 0), "source": ("source", 0), "edit": ("target", 0),
               "inversion": (inversion, 0)}),
         Node("sampler", "PSGPerceptualSampler", "Perceptual Sampler", {"scale": scale},
@@ -230,8 +250,8 @@ def _stages(steps: int, scheduler: str, w_edit: float, w_source: float, scale: f
              {"model": ("ckpt", 0)}),
         Node("noise", "DisableNoise", None),
         Node("sample", "SamplerCustomAdvanced", None, {},
-             {"noise": ("noise", 0), "guider": ("guider", 0), "sampler": ("sampler", 0), "sigmas": ("sigmas", 0),
-              "latent_image": noise}),
+             {"noise": ("noise", 0), "guider": ("guider", 0), "sampler": ("sampler", 0),
+              "sigmas": ("sigmas", 0), "latent_image": noise}),
         Node("decode", "VAEDecode", None, {}, {"samples": ("sample", 0), "vae": ("ckpt", 2)}),
     ]
 
@@ -239,11 +259,13 @@ def _stages(steps: int, scheduler: str, w_edit: float, w_source: float, scale: f
 def _inversion(steps: int, scheduler: str) -> list[Node]:
     return [
         Node("encode", "VAEEncode", None, {}, {"pixels": ("fit", 0), "vae": ("ckpt", 2)}),
-        Node("invert", "PSGDDIMInversion", "DDIM Inversion", {"steps": steps, "scheduler": scheduler, "cfg": 1.0},
+        Node("invert", "PSGDDIMInversion", "DDIM Inversion",
+             {"steps": steps, "scheduler": scheduler, "cfg": 1.0},
              {"model": ("ckpt", 0), "latent": ("encode", 0), "source": ("source", 0)}),
         Node("optimize", "PSGTextGuidanceOptimize", "Text Guidance Optimization",
              {"guidance_scale": 7.5, "inner_steps": 10},
-             {"model": ("ckpt", 0), "inversion": ("invert", 0), "source": ("source", 0), "null": ("null", 0)}),
+             {"model": ("ckpt", 0), "inversion": ("invert", 0), "source": ("source", 0),
+              "null": ("null", 0)}),
     ]
 
 
@@ -255,21 +277,32 @@ def advanced(name: str, reconstruct: bool) -> Workflow:
     if reconstruct:
         note = f"""PSG reconstruction check: does my inversion reproduce the photo?
 
-DDIM inversion -> null-text optimization -> sample back with w_edit = 0 (only the source prompt, at the optimization's guidance scale w_source = 7.5) and LPIPS guidance off (scale 0). 'Before | after' should look identical; if it does not, raise inner_steps or steps before editing.
+DDIM inversion -> null-text optimization -> sample back with w_edit = 0 (only the source prompt, at the \
+optimization's guidance scale w_source = 7.5) and LPIPS guidance off (scale 0). 'Before | after' should look \
+identical; if it does not, raise inner_steps or steps before editing.
 - Inversion and BasicScheduler must use the same steps and scheduler (here 50, simple).
-- Text Guidance Optimization: guidance_scale must equal w_source here (7.5); mode 'null-text optimisation' reconstructs best, 'negative-prompt' is free but looser.
+- Text Guidance Optimization: guidance_scale must equal w_source here (7.5); mode 'null-text optimisation' \
+reconstructs best, 'negative-prompt' is free but looser.
 - The Target prompt is unused at w_edit = 0 (kept so the CLI can fill it).
 {photo}
 """ + CLI_LINE.format(name=name)
     else:
         note = f"""PSG advanced edit: every stage as its own node.
 
-Photo -> Fit to model -> VAE Encode -> PSG DDIM Inversion (source prompt, steps, scheduler) -> PSG Text Guidance Optimization (per-step null embeddings) -> PSG Triple-Prompt Guider (null / source / target) + PSG Perceptual Sampler (LPIPS to the photo) -> SamplerCustomAdvanced (noise disabled: it starts from the inverted noise) -> VAE Decode -> Output size.
+Photo -> Fit to model -> VAE Encode -> PSG DDIM Inversion (source prompt, steps, scheduler) -> PSG Text \
+Guidance Optimization (per-step null embeddings) -> PSG Triple-Prompt Guider (null / source / target) + PSG \
+Perceptual Sampler (LPIPS to the photo) -> SamplerCustomAdvanced (noise disabled: it starts from the \
+inverted noise) -> VAE Decode -> Output size.
 Knobs:
 - steps / scheduler: identical in DDIM Inversion and BasicScheduler (denoise 1.0).
-- Text Guidance Optimization: mode ('null-text optimisation' best / 'negative-prompt' free / 'direct offsets' fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (at most; usually 2-3 calls per step are used).
-- Guider: w_edit = edit strength (5-10; 0 reconstructs), w_source = weight of the source prompt (0 = plain CFG).
-- Perceptual Sampler: scale (0 = off, 0.5-2 typical), start / end window, every n-th step, gradient path x0 (fast) or through model (DPS); mask from Fit to model; guidance_vae (Guidance VAE, see its note) and guidance_resolution choose what decodes the x0 estimates for LPIPS.
+- Text Guidance Optimization: mode ('null-text optimisation' best / 'negative-prompt' free / 'direct \
+offsets' fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (at most; usually 2-3 \
+calls per step are used).
+- Guider: w_edit = edit strength (5-10; 0 reconstructs), w_source = weight of the source prompt (0 = plain \
+CFG).
+- Perceptual Sampler: scale (0 = off, 0.5-2 typical), start / end window, every n-th step, gradient path x0 \
+(fast) or through model (DPS); mask from Fit to model; guidance_vae (Guidance VAE, see its note) and \
+guidance_resolution choose what decodes the x0 estimates for LPIPS.
 {photo}
 """ + CLI_LINE.format(name=name)
     # reconstruction runs with LPIPS guidance off (scale 0): a guidance VAE would load for nothing
@@ -285,11 +318,16 @@ Knobs:
 def invert_once(name: str) -> Workflow:
     """Invert and optimize once, save the inversion, make a first edit from it."""
     family, steps, scheduler = FAMILIES["sd15"], 50, "simple"
-    note = f"""PSG invert once, edit many (1/2): the slow part (DDIM inversion + null-text optimization) runs once and is saved.
+    note = f"""PSG invert once, edit many (1/2): the slow part (DDIM inversion + null-text optimization) \
+runs once and is saved.
 
-Photo -> Fit to model -> VAE Encode -> DDIM Inversion -> Text Guidance Optimization -> PSG Save Inversion (output/psg_inversions/; the 'Saved inversion' box shows the file name) and a first edit with the Target prompt.
-Next: open psg_edit_many, pick the saved file in PSG Load Inversion and the same Photo and Source prompt, and try as many Target prompts / guidance settings as you like: each run only samples.
-Within this workflow ComfyUI also caches the inversion: changing only the Target prompt or the guider / sampler knobs re-runs sampling alone.
+Photo -> Fit to model -> VAE Encode -> DDIM Inversion -> Text Guidance Optimization -> PSG Save Inversion \
+(output/psg_inversions/; the 'Saved inversion' box shows the file name) and a first edit with the Target \
+prompt.
+Next: open psg_edit_many, pick the saved file in PSG Load Inversion and the same Photo and Source prompt, \
+and try as many Target prompts / guidance settings as you like: each run only samples.
+Within this workflow ComfyUI also caches the inversion: changing only the Target prompt or the guider / \
+sampler knobs re-runs sampling alone.
 {PHOTO_STEPS.format(long_side=family.long_side, label=family.label, multiple=family.multiple)}
 """ + CLI_LINE.format(name=name)
     return Workflow(name, note, [
@@ -309,12 +347,17 @@ SAVED_INVERSION = "psg_inversion_00001_.safetensors"
 def edit_many(name: str) -> Workflow:
     """Edit from a saved inversion: no inversion, no optimization, only guided sampling."""
     family, steps, scheduler = FAMILIES["sd15"], 50, "simple"
-    note = f"""PSG invert once, edit many (2/2): edit from an inversion saved by psg_invert_once; every run only samples.
+    note = f"""PSG invert once, edit many (2/2): edit from an inversion saved by psg_invert_once; every run \
+only samples.
 
-1. PSG Load Inversion: pick the file psg_invert_once saved (output/psg_inversions/, press R to refresh the list). It refuses an inversion of another model family, latent size or step count, with the reason.
-2. Same Checkpoint, Photo (with the same Fit to model settings) and Source prompt as when it was saved: the photo is the LPIPS reference, the source prompt one of the three guidance prompts.
-3. Change the Target prompt, w_edit / w_source (Triple-Prompt Guider) and scale (Perceptual Sampler) freely. BasicScheduler's steps and scheduler must be those of the inversion (50, simple).
-Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow {name} --set "Load inversion.file=NAME.safetensors\""""
+1. PSG Load Inversion: pick the file psg_invert_once saved (output/psg_inversions/, press R to refresh the \
+list). It refuses an inversion of another model family, latent size or step count, with the reason.
+2. Same Checkpoint, Photo (with the same Fit to model settings) and Source prompt as when it was saved: the \
+photo is the LPIPS reference, the source prompt one of the three guidance prompts.
+3. Change the Target prompt, w_edit / w_source (Triple-Prompt Guider) and scale (Perceptual Sampler) freely. \
+BasicScheduler's steps and scheduler must be those of the inversion (50, simple).
+Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow {name} --set "Load \
+inversion.file=NAME.safetensors\""""
     return Workflow(name, note, [
         *_loader(family), *_guidance_vae(family),
         Node("encode", "VAEEncode", None, {}, {"pixels": ("fit", 0), "vae": ("ckpt", 2)}),
@@ -330,10 +373,14 @@ def compare(name: str) -> Workflow:
     base = one_node_edit(name, FAMILIES["sd15"])
     note = """PSG compare: edit, then measure and look.
 
-- PSG Edit: as in psg_edit (w_edit = edit strength, scale = LPIPS guidance, mask painted on the Photo: free to change; Guidance VAE: see its note).
-- PSG Image Metrics (photo vs edit, at working size): PSNR / SSIM / LPIPS over the whole image and bg_* outside the mask (PIE-Bench convention); the 'Metrics' box (Preview Any) shows the summary after a run.
-- PSG Compare Grid: photo | edit | absolute-difference heatmap with a colour bar (max_difference 0 = auto; fix it to compare runs).
-- PSG Loss Plot: the LPIPS loss at each guided step; it should fall as guidance pulls the unedited content back to the photo.
+- PSG Edit: as in psg_edit (w_edit = edit strength, scale = LPIPS guidance, mask painted on the Photo: free \
+to change; Guidance VAE: see its note).
+- PSG Image Metrics (photo vs edit, at working size): PSNR / SSIM / LPIPS over the whole image and bg_* \
+outside the mask (PIE-Bench convention); the 'Metrics' box (Preview Any) shows the summary after a run.
+- PSG Compare Grid: photo | edit | absolute-difference heatmap with a colour bar (max_difference 0 = auto; \
+fix it to compare runs).
+- PSG Loss Plot: the LPIPS loss at each guided step; it should fall as guidance pulls the unedited content \
+back to the photo.
 """ + CLI_LINE.format(name=name)
     extra = [
         Node("metrics", "PSGImageMetrics", "Image metrics", {},
@@ -352,32 +399,40 @@ def p2p(name: str) -> Workflow:
     """Prompt-to-prompt on a real photo: source and edit branches in one batch, attention control,
     LocalBlend and LPIPS guidance outside the attention mask."""
     steps = 50
-    note = """PSG prompt-to-prompt: the edit keeps the photo's layout because the edit branch borrows the source branch's attention maps.
+    note = """PSG prompt-to-prompt: the edit keeps the photo's layout because the edit branch borrows the \
+source branch's attention maps.
 
-Photo -> PSG Fit Image (Fit to model: long side 512, the mask follows) -> VAE Encode -> PSG DDIM Inversion -> PSG Text Guidance Optimization -> PSG P2P Sampler -> VAE Decode -> Output size (back to the photo's size).
-- Source prompt / Target prompt are PSG Text Encode nodes: their conditioning feeds the inversion, their text feeds the P2P sampler (which aligns the two prompts' tokens with the same CLIP).
-- PSG Prompt-to-Prompt: mode replace (swap words, same token count) / refine (added or changed words) / reweight (reweight_words such as 'tiger:2'); cross_window 0.8 and self_window 0.4 = fraction of the steps with the source's cross- / self-attention; blend_words name the edited object in either prompt (e.g. 'cat, tiger'): outside their attention region the result is the photo's reconstruction (LocalBlend).
-- PSG P2P Sampler: w_edit = edit strength (5-10), w_source = weight of the source prompt in the edit branch; LPIPS guidance (scale) pulls the region outside the attention mask back to the photo (perceptual_mask); what you paint in the Photo's mask editor is left free too. Its mask output is the edited region: previewed here, usable as a MASK elsewhere.
+Photo -> PSG Fit Image (Fit to model: long side 512, the mask follows) -> VAE Encode -> PSG DDIM Inversion \
+-> PSG Text Guidance Optimization -> PSG P2P Sampler -> VAE Decode -> Output size (back to the photo's size).
+- Source prompt / Target prompt are PSG Text Encode nodes: their conditioning feeds the inversion, their \
+text feeds the P2P sampler (which aligns the two prompts' tokens with the same CLIP).
+- PSG Prompt-to-Prompt: mode replace (swap words, same token count) / refine (added or changed words) / \
+reweight (reweight_words such as 'tiger:2'); cross_window 0.8 and self_window 0.4 = fraction of the steps \
+with the source's cross- / self-attention; blend_words name the edited object in either prompt (e.g. 'cat, \
+tiger'): outside their attention region the result is the photo's reconstruction (LocalBlend).
+- PSG P2P Sampler: w_edit = edit strength (5-10), w_source = weight of the source prompt in the edit branch; \
+LPIPS guidance (scale) pulls the region outside the attention mask back to the photo (perceptual_mask); what \
+you paint in the Photo's mask editor is left free too. Its mask output is the edited region: previewed here, \
+usable as a MASK elsewhere.
 - UNet models only (SD1.x, SD2.x, SDXL).
-Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow """ + name + """ (or --p2p refine on any workflow name)"""
+Headless: python -m psg_cli edit photo.jpg --source "..." --target "..." --workflow """ + name + """ (or \
+--p2p refine on any workflow name)"""
     family = FAMILIES["sd15"]
     loader = [n for n in _loader(family) if n.key not in ("source", "target")]
     return Workflow(name, note, [
         *loader,
-        Node("source", "PSGTextEncode", roles.SOURCE.title, {"text": "a photo of a tabby cat"}, {"clip": ("ckpt", 1)}),
-        Node("target", "PSGTextEncode", roles.TARGET.title, {"text": "a photo of a tiger"}, {"clip": ("ckpt", 1)}),
+        Node("source", "PSGTextEncode", roles.SOURCE.title, {"text": "a photo of a tabby cat"},
+             {"clip": ("ckpt", 1)}),
+        Node("target", "PSGTextEncode", roles.TARGET.title, {"text": "a photo of a tiger"},
+             {"clip": ("ckpt", 1)}),
         *_guidance_vae(family),
-        Node("encode", "VAEEncode", None, {}, {"pixels": ("fit", 0), "vae": ("ckpt", 2)}),
-        Node("invert", "PSGDDIMInversion", "DDIM Inversion", {"steps": steps, "scheduler": "simple", "cfg": 1.0},
-             {"model": ("ckpt", 0), "latent": ("encode", 0), "source": ("source", 0)}),
-        Node("optimize", "PSGTextGuidanceOptimize", "Text Guidance Optimization",
-             {"guidance_scale": 7.5, "inner_steps": 10},
-             {"model": ("ckpt", 0), "inversion": ("invert", 0), "source": ("source", 0), "null": ("null", 0)}),
+        *_inversion(steps, "simple"),
         Node("p2p", "PSGPromptToPrompt", "Prompt-to-Prompt", {"mode": "refine", "blend_words": "cat, tiger"}),
         Node("sampler", "PSGP2PSampler", "P2P Sampler", {"w_source": 0.0, "w_edit": 7.5, "scale": 1.0},
              {"model": ("ckpt", 0), "clip": ("ckpt", 1), "inversion": ("optimize", 0),
               "source_text": ("source", 1), "edit_text": ("target", 1), "p2p": ("p2p", 0), "vae": ("ckpt", 2),
-              "reference": ("fit", 0), "lpips": ("lpips", 0), "mask": ("fit", 1), "guidance_vae": ("gvae", 0)}),
+              "reference": ("fit", 0), "lpips": ("lpips", 0), "mask": ("fit", 1),
+              "guidance_vae": ("gvae", 0)}),
         Node("decode", "VAEDecode", None, {}, {"samples": ("sampler", 0), "vae": ("ckpt", 2)}),
         Node("maskimage", "MaskToImage", None, {}, {"mask": ("sampler", 1)}),
         Node("maskpreview", "PreviewImage", "Edited region", {}, {"images": ("maskimage", 0)}),
@@ -552,9 +607,10 @@ def build(wf: Workflow, registry: dict[str, Any]) -> tuple[dict[str, Any], dict[
                 socket = {"name": name, "type": socket_type(kind), "widget": {"name": name},
                           "link": in_link.get((n.key, name))}
             inputs.append(socket)
-        outputs = [{"name": oname, "type": otype, "links": out_links.get((n.key, slot), []), "slot_index": slot}
-                   for slot, (otype, oname) in enumerate(zip(info["output"], info.get("output_name") or info["output"],
-                                                             strict=True))]
+        output_names = info.get("output_name") or info["output"]
+        outputs = [{"name": oname, "type": otype, "links": out_links.get((n.key, slot), []),
+                    "slot_index": slot}
+                   for slot, (otype, oname) in enumerate(zip(info["output"], output_names, strict=True))]
         w, h = sizes[n.key]
         col = depth[n.key]
         node = {"id": ids[n.key], "type": n.cls, "pos": [col_x[col], col_y[col]], "size": [w, h], "flags": {},
@@ -582,10 +638,11 @@ def _slots(info: dict[str, Any], n: Node) -> list[str]:
     return sockets + (widgets if any(m in n.links for m in widgets) else [])
 
 
-def _note_node(node_id: int, pos: list[int], height: int, title: str, text: str, order: int) -> dict[str, Any]:
-    return {"id": node_id, "type": NOTE, "pos": pos, "size": [NOTE_WIDTH, height], "flags": {}, "order": order,
-            "mode": 0, "inputs": [], "outputs": [], "title": title, "properties": {}, "widgets_values": [text],
-            "color": "#432", "bgcolor": "#653"}
+def _note_node(node_id: int, pos: list[int], height: int, title: str, text: str,
+               order: int) -> dict[str, Any]:
+    return {"id": node_id, "type": NOTE, "pos": pos, "size": [NOTE_WIDTH, height], "flags": {},
+            "order": order, "mode": 0, "inputs": [], "outputs": [], "title": title, "properties": {},
+            "widgets_values": [text], "color": "#432", "bgcolor": "#653"}
 
 
 def _uuid(name: str) -> str:
@@ -597,7 +654,8 @@ def _uuid(name: str) -> str:
 # ------------------------------------------------------------------------------ thumbnail
 KEY_NODES = ("LoadImage", "PSGFitImage", "CheckpointLoaderSimple", "FluxGuidance", "PSGLoadInversion",
              "PSGDDIMInversion", "PSGTextGuidanceOptimize", "PSGSaveInversion", "PSGTriplePromptGuider",
-             "PSGPerceptualSampler", "PSGEdit", "PSGImageMetrics", "PSGCompareGrid", "ImageScale", "SaveImage")
+             "PSGPerceptualSampler", "PSGEdit", "PSGImageMetrics", "PSGCompareGrid", "ImageScale",
+             "SaveImage")
 """What a thumbnail shows, in this order: the photo's path through the method to the saved edit."""
 BOX_COLOURS = {"PSG": ("#1f3d2e", "#5fbf8f"), "": ("#2b2b2b", "#8a8a8a")}
 PER_ROW = 4
@@ -650,8 +708,8 @@ def key_node_picture(wf: Workflow, width: int = 768, title: str | None = None) -
         for c, n in enumerate(row):
             x = pad + c * (box_w + gap)
             fill, edge = BOX_COLOURS["PSG" if n.cls.startswith("PSG") else ""]
-            draw.rounded_rectangle([x, y, x + box_w, y + box_h], radius=round(8 * unit), fill=fill, outline=edge,
-                                   width=max(1, round(2 * unit)))
+            draw.rounded_rectangle([x, y, x + box_w, y + box_h], radius=round(8 * unit), fill=fill,
+                                   outline=edge, width=max(1, round(2 * unit)))
             room = box_w - round(14 * unit)
 
             def fit(text: str, f: Any, room: int = room) -> str:
@@ -663,7 +721,8 @@ def key_node_picture(wf: Workflow, width: int = 768, title: str | None = None) -
             name = n.title or n.cls
             draw.text((x + round(8 * unit), y + round(6 * unit)), fit(name, mid), fill="#ffffff", font=mid)
             for i, line in enumerate(_facts(n)[:2]):
-                draw.text((x + round(8 * unit), y + round((36 + 22 * i) * unit)), fit(line, small), fill="#c8c8c8",
+                draw.text((x + round(8 * unit), y + round((36 + 22 * i) * unit)), fit(line, small),
+                          fill="#c8c8c8",
                           font=small)
             centres.append((x, y, box_w, box_h))
     for (x0, y0, w0, h0), (x1, y1, _, h1) in zip(centres, centres[1:], strict=False):
@@ -705,7 +764,8 @@ def render_all(registry: dict[str, Any]) -> dict[Path, bytes]:
     for wf in all_workflows():
         ui, api = build(wf, registry)
         files[REPO / "example_workflows" / f"{wf.name}.json"] = (json.dumps(ui, indent=2) + "\n").encode()
-        files[REPO / "example_workflows" / "api" / f"{wf.name}.json"] = (json.dumps(api, indent=2) + "\n").encode()
+        api_path = REPO / "example_workflows" / "api" / f"{wf.name}.json"
+        files[api_path] = (json.dumps(api, indent=2) + "\n").encode()
     return files
 
 
@@ -738,9 +798,11 @@ def _temporary_server(stack: ExitStack, comfy_root: Path | None) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", help="read node definitions from this ComfyUI server")
-    parser.add_argument("--comfy-root", type=Path, help="ComfyUI folder to boot in-process (default $COMFYUI_ROOT or ~/ComfyUI)")
+    parser.add_argument("--comfy-root", type=Path, help="ComfyUI folder to boot in-process (default "
+                                                        "$COMFYUI_ROOT or ~/ComfyUI)")
     parser.add_argument("--check", action="store_true", help="only compare with the files on disk")
     parser.add_argument("--frontend-thumbnails", action="store_true",
                         help="thumbnails = screenshots of ComfyUI's frontend instead of drawn diagrams")
