@@ -109,7 +109,7 @@ class PSGEdit(io.ComfyNode):
         validation.check_mask_batch(mask, image.shape[0], NODE)
         decoded, latent, losses = run_edit(
             model, vae, image, null, source, edit, lpips, steps=steps, scheduler=scheduler, w_source=w_source,
-            w_edit=w_edit, text_optimisation=text_optimisation, inner_steps=inner_steps, settings=settings,
+            w_edit=w_edit, text_mode=text_optimisation, inner_steps=inner_steps, settings=settings,
             mask=mask, guidance_vae=guidance_vae, node=NODE,
             node_id=cls.hidden.unique_id if cls.hidden is not None else None)
         return io.NodeOutput(decoded, {"samples": latent}, losses or [0.0])

@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 NO_OPTIMIZATION = "none"
 
 
-def needs_scale(text_optimisation: str) -> bool:
+def needs_scale(text_mode: str) -> bool:
     """Whether the text optimization depends on w_source + w_edit (then a new scale means refitting)."""
-    return text_optimisation in TEXT_MODE_NAMES and TextMode(text_optimisation).needs_scale
+    return text_mode in TEXT_MODE_NAMES and TextMode(text_mode).needs_scale
 
 
 def show_phase(node: str, node_id: str | None, text: str) -> None:
@@ -49,13 +49,13 @@ def encode(vae: Any, image: torch.Tensor, node: str) -> torch.Tensor:
 
 
 def edit(model: Any, vae: Any, image: torch.Tensor, null: Any, source: Any, edit_prompt: Any, lpips: Any, *,
-         steps: int, scheduler: str, w_source: float, w_edit: float, text_optimisation: str, inner_steps: int,
+         steps: int, scheduler: str, w_source: float, w_edit: float, text_mode: str, inner_steps: int,
          settings: PerceptualSettings, mask: torch.Tensor | None, guidance_vae: Any, node: str,
          node_id: str | None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """The full edit; returns the decoded IMAGE, the edited LATENT samples and the LPIPS losses."""
     samples = encode(vae, image, node)
     inv = cached_inversion(model, samples, source, null, steps, scheduler, w_source + w_edit,
-                           text_optimisation, inner_steps, node, node_id)
+                           text_mode, inner_steps, node, node_id)
     guider = make_guider(model, null, source, edit_prompt, w_source, w_edit, inv, node=node)
     sampler = make_sampler(vae, image, lpips, settings, mask, inv, guidance_vae, node=node)
     sigmas = inv.sigmas.flip(0).clone()
@@ -76,14 +76,14 @@ def edit(model: Any, vae: Any, image: torch.Tensor, null: Any, source: Any, edit
 
 
 def cached_inversion(model: Any, samples: torch.Tensor, source: Any, null: Any, steps: int, scheduler: str,
-                     guidance_scale: float, text_optimisation: str, inner_steps: int, node: str,
+                     guidance_scale: float, text_mode: str, inner_steps: int, node: str,
                      node_id: str | None) -> PSGInversion:
     """Inversion and text optimization, each taken from memory when its inputs are unchanged."""
     owner = model.model
     model_key = fingerprint(getattr(model, "patches_uuid", None), model.model_options)
     inv_key = fingerprint("inversion", model_key, samples, source, steps, scheduler)
-    text_key = fingerprint("text", inv_key, null, text_optimisation, inner_steps,
-                           guidance_scale if needs_scale(text_optimisation) else None)
+    text_key = fingerprint("text", inv_key, null, text_mode, inner_steps,
+                           guidance_scale if needs_scale(text_mode) else None)
     final = INVERSIONS.get(text_key, owner)
     if final is not None:
         show_phase(node, node_id, "reusing the inversion and text optimization from the last run")
@@ -96,9 +96,9 @@ def cached_inversion(model: Any, samples: torch.Tensor, source: Any, null: Any, 
         INVERSIONS.put(inv_key, owner, inv)
     else:
         show_phase(node, node_id, "reusing the DDIM inversion from the last run")
-    if text_optimisation != NO_OPTIMIZATION:
-        show_phase(node, node_id, f"text optimization: {text_optimisation} ({steps} steps)")
-        inv = optimize_text(model, inv, source, null, mode=text_optimisation, guidance_scale=guidance_scale,
+    if text_mode != NO_OPTIMIZATION:
+        show_phase(node, node_id, f"text optimization: {text_mode} ({steps} steps)")
+        inv = optimize_text(model, inv, source, null, mode=text_mode, guidance_scale=guidance_scale,
                             inner_steps=inner_steps, tolerance=None, node=node)
     INVERSIONS.put(text_key, owner, inv)
     return inv
