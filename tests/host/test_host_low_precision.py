@@ -41,15 +41,15 @@ def encode(tiny: Any, text: str) -> list:
 
 
 def setup(comfy_host, tiny_models, family: str):
-    host, inversion_nodes, core = pack_parts(comfy_host)
+    host, inversion_pipeline, core = pack_parts(comfy_host)
     tiny = tiny_models(family)
     model = bf16_model(tiny)
     source, null = encode(tiny, "a photo of a cat"), encode(tiny, "")
     latent = torch.randn(1, tiny.latent_channels, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        inv, _ = inversion_nodes.invert(model, latent, source, steps=STEPS, scheduler="simple", cfg=1.0, null=None,
-                                        node="test")
-    return host, inversion_nodes, core, tiny, model, source, null, inv
+        inv, _ = inversion_pipeline.invert(model, latent, source, steps=STEPS, scheduler="simple", cfg=1.0,
+                                           null=None, node="test")
+    return host, inversion_pipeline, core, tiny, model, source, null, inv
 
 
 def run_body(host: Any, model: Any, inv: Any, source: list, null: list, body) -> None:
@@ -64,14 +64,14 @@ def test_bf16_null_text_is_finite_and_converges(comfy_host, tiny_models, family)
     """Every step's fitted null lands closer to the inverted latent than the null it started from.
     (A random tiny model's CFG drift is mostly out of the null's reach, so this checks the
     direction and the numerics, not the analytic benchmark's fraction.)"""
-    host, inversion_nodes, core, tiny, model, source, null, inv = setup(comfy_host, tiny_models, family)
+    host, inversion_pipeline, core, tiny, model, source, null, inv = setup(comfy_host, tiny_models, family)
     null_text = importlib.import_module(f"{core.__name__}.null_text")
     ddim = importlib.import_module(f"{core.__name__}.ddim")
     guidance = importlib.import_module(f"{core.__name__}.guidance")
     seen: dict[str, Any] = {"steps": [], "landing": []}
 
     def body(h):
-        traj = inversion_nodes.trajectory_on(inv, h.device)
+        traj = inversion_pipeline.trajectory_on(inv, h.device)
         src, nul = h.bank.embeddings["source"], h.bank.embeddings["null"]
         h.enable_model_gradients()
         with torch.enable_grad():
@@ -101,7 +101,7 @@ def test_bf16_null_text_is_finite_and_converges(comfy_host, tiny_models, family)
 
 @pytest.mark.parametrize("through_model", [False, True], ids=["x0", "through_model"])
 def test_bf16_perceptual_paths_are_finite_and_pull_towards_the_photo(comfy_host, tiny_models, through_model):
-    host, inversion_nodes, core, tiny, model, source, null, inv = setup(comfy_host, tiny_models, "sd15")
+    host, inversion_pipeline, core, tiny, model, source, null, inv = setup(comfy_host, tiny_models, "sd15")
     ddim = importlib.import_module(f"{core.__name__}.ddim")
     guidance = importlib.import_module(f"{core.__name__}.guidance")
     perceptual = importlib.import_module(f"{core.__name__}.perceptual")
@@ -109,7 +109,7 @@ def test_bf16_perceptual_paths_are_finite_and_pull_towards_the_photo(comfy_host,
     results: dict[float, Any] = {}
 
     def body(h):
-        traj = inversion_nodes.trajectory_on(inv, h.device)
+        traj = inversion_pipeline.trajectory_on(inv, h.device)
         src, nul = h.bank.embeddings["source"], h.bank.embeddings["null"]
         decode = host.DifferentiableDecoder(tiny.vae, h.process_latent_out, "test")
         with torch.no_grad():
