@@ -17,8 +17,9 @@ from pathlib import Path
 TEST_HELPERS = Path(__file__).resolve().parents[1] / "tests" / "psg_testing"
 
 
-def _load_test_helpers() -> None:
-    """Make ``import psg_testing`` work (a no-op under pytest, where it already does)."""
+def load_test_helpers() -> None:
+    """Make ``import psg_testing`` work (a no-op under pytest, where it already does); the
+    maintainer scripts (``scripts/``) call it too."""
     if "psg_testing" in sys.modules or importlib.util.find_spec("psg_testing") is not None:
         return
     spec = importlib.util.spec_from_file_location("psg_testing", TEST_HELPERS / "__init__.py",
@@ -28,4 +29,4 @@ def _load_test_helpers() -> None:
     spec.loader.exec_module(helpers)
 
 
-_load_test_helpers()
+load_test_helpers()

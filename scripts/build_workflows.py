@@ -4,10 +4,10 @@ browser), its API-format twin in example_workflows/api/, and a rendered .jpg thu
 Node definitions (socket types, widget order, defaults) come from the real host's node registry
 (``/object_info`` of a server, or ComfyUI booted in-process), so the files match the host.
 
-    .venv/bin/python scripts/build_workflows.py                 # ComfyUI at $COMFYUI_ROOT or ~/ComfyUI
-    .venv/bin/python scripts/build_workflows.py --server http://127.0.0.1:8188
-    .venv/bin/python scripts/build_workflows.py --check         # exit 1 if files are stale
-    .venv/bin/python scripts/build_workflows.py --frontend-thumbnails   # thumbnails = screenshots of
+    .venv/bin/python -m scripts.build_workflows                 # ComfyUI at $COMFYUI_ROOT or ~/ComfyUI
+    .venv/bin/python -m scripts.build_workflows --server http://127.0.0.1:8188
+    .venv/bin/python -m scripts.build_workflows --check         # exit 1 if files are stale
+    .venv/bin/python -m scripts.build_workflows --frontend-thumbnails   # thumbnails = screenshots of
         ComfyUI's own frontend (headless chromium, see scripts/setup_browser.sh; a temporary --cpu
         server unless --server is given; uploads input/example.png there if it is missing)
 """
@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from psg_cli import roles
 
-from psg_cli import roles  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("build_workflows")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -772,7 +771,6 @@ def render_all(registry: dict[str, Any]) -> dict[Path, bytes]:
 def frontend_thumbnails(url: str, names: list[str]) -> None:
     """Thumbnails as ComfyUI's frontend draws each workflow dropped on its canvas (the same page
     driver as tests/host/test_host_frontend.py); refuses a workflow that does not load cleanly."""
-    sys.path.insert(0, str(REPO / "tests"))
     from psg_testing import browser
     from psg_testing.cli_support import write_photo
 
@@ -789,7 +787,6 @@ def frontend_thumbnails(url: str, names: list[str]) -> None:
 
 def _temporary_server(stack: ExitStack, comfy_root: Path | None) -> str:
     """A ``main.py --cpu`` with this pack (the test harness's server), stopped when ``stack`` closes."""
-    sys.path.insert(0, str(REPO / "tests"))
     from psg_testing.host_server import ComfyServer
 
     server = ComfyServer.start(Path(stack.enter_context(tempfile.TemporaryDirectory())), comfy_root)

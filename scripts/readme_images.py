@@ -9,7 +9,7 @@
   stripes painted on the cat's head and a bluer background), so the picture shows what each stage
   does, not what Stable Diffusion would paint.
 
-    .venv/bin/python scripts/readme_images.py
+    .venv/bin/python -m scripts.readme_images
 """
 
 from __future__ import annotations
@@ -22,19 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from psg_testing.analytic import AnalyticMixture
+
+from psg_core.ddim import ddim_invert, ddim_sample
+from psg_core.guidance import TextGuidance
+from psg_core.losses import ImageLoss
+from psg_core.perceptual import PerceptualGuidance
+from psg_core.plots import comparison_grid, font
+from psg_core.spaces import NoiseSpace
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "scripts")]
-
-from psg_testing.analytic import AnalyticMixture  # noqa: E402
-
-from psg_core.ddim import ddim_invert, ddim_sample  # noqa: E402
-from psg_core.guidance import TextGuidance  # noqa: E402
-from psg_core.losses import ImageLoss  # noqa: E402
-from psg_core.perceptual import PerceptualGuidance  # noqa: E402
-from psg_core.plots import comparison_grid, font  # noqa: E402
-from psg_core.spaces import NoiseSpace  # noqa: E402
-
 OUT = REPO / "docs" / "images"
 WIDTH, HEIGHT = 192, 128
 HEAD = (slice(8, 78), slice(52, 132))  # rows, columns of the cat's head in the 192x128 photo
@@ -105,7 +102,7 @@ def compare_picture() -> Image.Image:
 
 
 def main() -> int:
-    import build_workflows
+    from . import build_workflows
 
     logging.basicConfig(level=logging.WARNING)
     OUT.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,9 @@ models/vae_approx."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,13 +172,10 @@ def _check_first_edit_wiring(name: str, ui: dict[str, Any], api: dict[str, Any])
 
 
 def test_host_workflows_files_are_what_the_generator_makes_from_the_registry(registry):
-    spec = importlib.util.spec_from_file_location("build_workflows", host.REPO_ROOT / "scripts" / "build_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    module = importlib.import_module("scripts.build_workflows")
     stale = [str(p.relative_to(host.REPO_ROOT)) for p, data in module.render_all(registry).items()
              if not p.is_file() or p.read_bytes() != data]
-    assert not stale, f"regenerate with `.venv/bin/python scripts/build_workflows.py`: {stale}"
+    assert not stale, f"regenerate with `.venv/bin/python -m scripts.build_workflows`: {stale}"
 
 
 # --------------------------------------------------------------------------- headless runs
