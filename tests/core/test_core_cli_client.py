@@ -265,7 +265,6 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
     from psg_testing.aiohttp_server import serve_routes
 
     from psg_cli.server_backend import ServerBackend
-    from psg_cli.ws import OP_TEXT
 
     seen: list[tuple[str, str | None, str | None]] = []
 
@@ -279,7 +278,8 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
         seen.append((request.path, request.headers.get("Authorization"), request.headers.get("X-Team")))
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        await ws.send_str("{}")
+        await ws.send_bytes(b"a preview frame")
+        await ws.send_str('{"type": "status", "data": {"sid": "abc"}}')
         await ws.close()
         return ws
 
@@ -290,9 +290,8 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
             ServerBackend(url, headers={"Authorization": "Bearer wrong"}).object_info()
         backend = ServerBackend(url, headers={"Authorization": "Bearer s3cret", "X-Team": "vision"})
         assert backend.object_info() == {"KSampler": {}}
-        ws = backend._connect_ws()
-        assert ws is not None and ws.recv() == (OP_TEXT, b"{}")
-        ws.close()
+        with backend.events() as events:
+            assert events.next_event(10.0) == ("status", {"sid": "abc"})
     assert seen[-2:] == [("/object_info", "Bearer s3cret", "vision"), ("/ws", "Bearer s3cret", "vision")]
 
 
