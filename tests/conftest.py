@@ -165,11 +165,8 @@ def comfy_host(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory):
 def comfy_server(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory):
     from psg_testing.host_server import ComfyServer
 
-    server = ComfyServer.start(tmp_path_factory.mktemp("comfy_server"), comfy_root)
-    try:
+    with ComfyServer.running(tmp_path_factory.mktemp("comfy_server"), comfy_root) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -46,11 +46,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def second_server(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """Another real server (its own base dir): 'one ComfyUI per GPU'."""
-    server = ComfyServer.start(tmp_path_factory.mktemp("comfy_server_b"), comfy_root)
-    try:
+    with ComfyServer.running(tmp_path_factory.mktemp("comfy_server_b"), comfy_root) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def edit_args(files: dict[str, Path], out: Path, *extra: str | Path) -> list[str | Path]:

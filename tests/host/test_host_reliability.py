@@ -672,12 +672,9 @@ def test_host_reliability_bitwise_deterministic_across_runs_and_restart(server, 
     _deterministic_edit(server, seed=6)  # evicts the cached edit, so the next one recomputes
     again, again_losses = _deterministic_edit(server, seed=5)
     assert torch.equal(first, again) and first_losses == again_losses
-    restarted = ComfyServer.start(tmp_path_factory.mktemp("comfy_server_restart"), comfy_root)
-    try:
+    with ComfyServer.running(tmp_path_factory.mktemp("comfy_server_restart"), comfy_root) as restarted:
         prepare_base_dir(restarted.base_dir)
         fresh, fresh_losses = _deterministic_edit(restarted, seed=5)
-    finally:
-        restarted.stop()
     assert torch.equal(first, fresh), float((first - fresh).abs().max())
     assert first_losses == fresh_losses
 
