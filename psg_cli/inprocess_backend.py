@@ -268,7 +268,8 @@ class InProcessBackend:
         return asyncio.run(self._validate(prompt_id or uuid.uuid4().hex, prompt,
                                           None if outputs is None else list(outputs)))
 
-    async def _validate(self, prompt_id: str, prompt: workflow.Prompt, outputs: list[str] | None) -> list[str]:
+    async def _validate(self, prompt_id: str, prompt: workflow.Prompt,
+                        outputs: list[str] | None) -> list[str]:
         import execution
 
         import nodes
@@ -358,7 +359,7 @@ class InProcessBackend:
         timer = threading.Timer(self.timeout, on_timeout) if self.timeout else None
         root_logger = logging.getLogger()
         level = root_logger.level
-        if not logger.isEnabledFor(logging.INFO):  # ComfyUI logs a node's traceback; the CLI says it in one line
+        if not logger.isEnabledFor(logging.INFO):  # ComfyUI logs a traceback; the CLI says it in one line
             root_logger.setLevel(logging.CRITICAL)
         try:
             if timer is not None:

@@ -105,11 +105,12 @@ class ServerBackend:
             if err.code in ok_statuses:
                 return err.code, body
             if err.code in (401, 403):
+                refusal = "unauthorised" if err.code == 401 else "forbidden"
+                refused = " The credentials given were refused." if "Authorization" in req.headers else ""
                 raise CliError(
-                    f"ComfyUI at {self.url} answered {err.code} ({'unauthorised' if err.code == 401 else 'forbidden'})"
-                    f" to {path.split('?')[0]}: the server (or the proxy in front of it) wants credentials. "
-                    f"Pass --token TOKEN or --basic-auth USER:PASSWORD (or set PSG_TOKEN / PSG_BASIC_AUTH)."
-                    + (" The credentials given were refused." if "Authorization" in req.headers else "")) from None
+                    f"ComfyUI at {self.url} answered {err.code} ({refusal}) to {path.split('?')[0]}: "
+                    f"the server (or the proxy in front of it) wants credentials. Pass --token TOKEN or "
+                    f"--basic-auth USER:PASSWORD (or set PSG_TOKEN / PSG_BASIC_AUTH).{refused}") from None
             raise RetryableError(f"ComfyUI at {self.url} answered {err.code} to {path.split('?')[0]}: "
                                  f"{body[:300].decode(errors='replace')}") from None
         except (urllib.error.URLError, OSError) as err:
@@ -119,7 +120,8 @@ class ServerBackend:
                 f"`python main.py --listen 127.0.0.1 --port 8188`, fix --server, or use --comfy-root "
                 f"to run ComfyUI in-process.") from None
 
-    def _json(self, path: str, payload: Any | None = None, ok_statuses: tuple[int, ...] = ()) -> tuple[int, Any]:
+    def _json(self, path: str, payload: Any | None = None,
+              ok_statuses: tuple[int, ...] = ()) -> tuple[int, Any]:
         data = None if payload is None else json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
         status, body = self._request(path, data, headers, ok_statuses)
@@ -181,15 +183,17 @@ class ServerBackend:
         except CliError as err:
             logger.debug("could not delete %s from %s/history: %s", prompt_id, self.url, err)
 
-    def upload_file(self, path: Path, name: str, subfolder: str = "", overwrite: bool = True) -> dict[str, str]:
+    def upload_file(self, path: Path, name: str, subfolder: str = "",
+                    overwrite: bool = True) -> dict[str, str]:
         """Upload to ComfyUI's input folder as ``name``; the server's answer (``name``,
         ``subfolder``, ``type``: ``name`` differs when the file exists and ``overwrite`` is off)."""
         boundary = uuid.uuid4().hex
         fields = (("overwrite", str(overwrite).lower()), ("type", "input"), ("subfolder", subfolder))
         parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n'.encode()
                  for field, value in fields]
-        parts.append((f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-                      f"Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() + b"\r\n")
+        file_head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n")
+        parts.append(file_head.encode() + path.read_bytes() + b"\r\n")
         parts.append(f"--{boundary}--\r\n".encode())
         _, body = self._request("/upload/image", b"".join(parts),
                                 {"Content-Type": f"multipart/form-data; boundary={boundary}"})
@@ -259,7 +263,8 @@ class ServerBackend:
             if ws is not None:
                 ws.close()
 
-    def collect(self, prompt_id: str, prompt: workflow.Prompt, on_event: EventHandler) -> dict[str, Any] | None:
+    def collect(self, prompt_id: str, prompt: workflow.Prompt,
+                on_event: EventHandler) -> dict[str, Any] | None:
         """The outputs of a prompt queued by an earlier (killed) client: from /history when it
         finished, by following it when it still runs or waits; None when the server lost it."""
         if self.history(prompt_id) is None:
@@ -313,7 +318,8 @@ class ServerBackend:
                             raise execution_failed(data, prompt)
                         if kind == "execution_interrupted":
                             raise RetryableError(f"the run was interrupted on {self.url}")
-                        finished = kind == "execution_success" or (kind == "executing" and data.get("node") is None)
+                        finished = (kind == "execution_success"
+                                    or (kind == "executing" and data.get("node") is None))
                         if not finished:
                             continue
             else:
