@@ -23,8 +23,8 @@ LAUNCHER = REPO / "tests" / "psg_testing" / "light_client.py"
 
 def _light(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     log = tmp_path / "imports.txt"
-    proc = subprocess.run([sys.executable, str(LAUNCHER), *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, env={"PATH": "/usr/bin:/bin", "PSG_IMPORT_LOG": str(log)})
+    proc = subprocess.run([sys.executable, str(LAUNCHER), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PSG_IMPORT_LOG": str(log)})
     return proc, set(log.read_text().split()) if log.is_file() else set()
 
 
@@ -87,7 +87,8 @@ def test_core_cli_client_runs_as_a_folder_from_any_directory(tmp_path):
 # --------------------------------------------------------------------------- photos
 
 
-def _prepare(tmp_path: Path, img: Image.Image, name: str, max_side: int | None = 0, **save) -> photo.PreparedPhoto:
+def _prepare(tmp_path: Path, img: Image.Image, name: str, max_side: int | None = 0,
+             **save) -> photo.PreparedPhoto:
     path = tmp_path / name
     img.save(path, **save)
     return photo.prepare_photo(path, tmp_path / "prepared", max_side)
@@ -189,17 +190,20 @@ def test_core_cli_client_working_size_by_family_and_in_graph_resize():
     sd15, sdxl = workflow.load_workflow("psg_edit"), workflow.load_workflow("psg_edit_sdxl")
     assert photo.working_size_for(sd15, "psg_edit") == (512, "SD1.x/SD2.x")
     assert photo.working_size_for(sdxl, "psg_edit_sdxl")[0] == 1024
-    flux = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "flux1-dev-fp8.safetensors"}}}
+    flux = {"1": {"class_type": "CheckpointLoaderSimple",
+                  "inputs": {"ckpt_name": "flux1-dev-fp8.safetensors"}}}
     assert photo.working_size_for(flux, "mine.json") == (1024, "Flux")
     photo_ids = workflow.find_role(sd15, workflow.roles.PHOTO)
     # the shipped template sizes the photo itself: the client's flags become PSG Fit Image's inputs
     fit = photo.graph_resizes(sd15, photo_ids)
     assert fit is not None and sd15[fit]["class_type"] == "PSGFitImage"
-    req = edit.EditRequest(image=Path("x.png"), source="a", target="b", working_size=768, output_size="working")
+    req = edit.EditRequest(image=Path("x.png"), source="a", target="b", working_size=768,
+                           output_size="working")
     assert edit.client_side_size(req, sd15)[0] is None
     assert sd15[fit]["inputs"]["long_side"] == 768 and sd15[fit]["inputs"]["output_size"] == "working size"
     # a workflow of the user's with no resize node: the client sizes the photo
-    bare = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+    bare = {"1": {"class_type": "CheckpointLoaderSimple",
+                  "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
             "2": {"class_type": "LoadImage", "inputs": {"image": "x.png"}, "_meta": {"title": "Photo"}}}
     assert photo.graph_resizes(bare, ["2"]) is None
     req = edit.EditRequest(image=Path("x.png"), source="a", target="b")
@@ -207,8 +211,8 @@ def test_core_cli_client_working_size_by_family_and_in_graph_resize():
     req.working_size = 768
     assert edit.client_side_size(req, bare)[0] == 768
     resized = json.loads(json.dumps(bare))
-    resized["90"] = {"class_type": "ImageScaleToMaxDimension", "inputs": {"image": ["2", 0],
-                                                                        "upscale_method": "area", "largest_size": 512}}
+    resized["90"] = {"class_type": "ImageScaleToMaxDimension",
+                     "inputs": {"image": ["2", 0], "upscale_method": "area", "largest_size": 512}}
     assert photo.graph_resizes(resized, ["2"]) == "90"
     with pytest.raises(CliError, match="resizes the photo itself .*--set '90"):
         edit.client_side_size(req, resized)

@@ -110,8 +110,9 @@ def test_host_batch_server_stopped_mid_batch_and_restarted_is_readmitted(comfy_r
 
 def test_host_batch_deterministic_failure_is_tried_once(comfy_server, files, tmp_path):
     out = tmp_path / "out"
-    proc = run_cli("edit-batch", dataset(files, tmp_path / "edits.json", 3, bad=1), "--server", comfy_server.url,
-                   "--workflow", files["workflow"], "--out", out, "--retries", "3", "--backoff", "0.1")
+    proc = run_cli("edit-batch", dataset(files, tmp_path / "edits.json", 3, bad=1),
+                   "--server", comfy_server.url, "--workflow", files["workflow"], "--out", out,
+                   "--retries", "3", "--backoff", "0.1")
     assert proc.returncode == 1, proc.stderr
     items = {r["id"]: r for r in json.loads((out / "results.json").read_text())["items"]}
     bad = items["item-1"]
@@ -208,7 +209,8 @@ def test_host_batch_shards_split_the_list_and_report_together(comfy_server, file
     assert len(list((tmp_path / "r" / "thumbs").glob("*.jpg"))) == 9
 
 
-def test_host_batch_transient_failure_is_retried_on_the_other_server(comfy_server, comfy_root, files, tmp_path):
+def test_host_batch_transient_failure_is_retried_on_the_other_server(comfy_server, comfy_root, files,
+                                                                     tmp_path):
     """A run interrupted on one server (transient) goes back after the backoff and runs on the other."""
     out = tmp_path / "out"
     journal = out / "journal.jsonl"

@@ -21,7 +21,8 @@ def inprocess(comfy_host):
         yield comfy_host
 
 
-def _prompt(target: str = "a photo of a tiger", source: str = "a photo of a cat", **knobs) -> tuple[dict, str]:
+def _prompt(target: str = "a photo of a tiger", source: str = "a photo of a cat",
+            **knobs) -> tuple[dict, str]:
     graph = PSGGraph(texts=("", source, target))
     edit = graph.edit(inner_steps=INNER, **knobs)
     graph.preview(edit.out(2))

@@ -68,7 +68,8 @@ _DROP_JS = """([name, text]) => {
   const rect = target.getBoundingClientRect();
   const at = { clientX: rect.x + rect.width / 2, clientY: rect.y + rect.height / 2 };
   for (const type of ["dragenter", "dragover", "drop"]) {
-    target.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true, ...at }));
+    target.dispatchEvent(
+      new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true, ...at }));
   }
   return window.app.__psgLoads;
 }"""
@@ -90,7 +91,8 @@ _INSPECT_JS = """async () => {
     load_errors: app.__psgLoadErrors.splice(0),
     dialogs: [...document.querySelectorAll(".p-dialog")].filter(visible).map((d) => d.innerText.trim()),
     toasts: [...document.querySelectorAll(".p-toast-message")].filter(visible)
-      .filter((t) => !t.className.includes("p-toast-message-info") && !t.className.includes("p-toast-message-success"))
+      .filter((t) => !t.className.includes("p-toast-message-info")
+        && !t.className.includes("p-toast-message-success"))
       .map((t) => t.innerText.trim()),
   };
 }"""

@@ -132,9 +132,8 @@ class PromptValidationError(Exception):
         lines = [f"{error.get('type')}: {error.get('message')} {error.get('details', '')}".rstrip()]
         for node_id, info in node_errors.items():
             for reason in info.get("errors", []):
-                lines.append(
-                    f"  node {node_id} ({info.get('class_type')}): {reason.get('message')}: {reason.get('details')}"
-                )
+                lines.append(f"  node {node_id} ({info.get('class_type')}): "
+                             f"{reason.get('message')}: {reason.get('details')}")
         super().__init__("\n".join(lines))
 
 

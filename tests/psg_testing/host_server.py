@@ -160,7 +160,8 @@ class ComfyServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerStartError(
-                    f"ComfyUI server exited with code {self.process.returncode} during start-up\n{self.log_tail()}"
+                    f"ComfyUI server exited with code {self.process.returncode} during start-up\n"
+                    f"{self.log_tail()}"
                 )
             with contextlib.suppress(CliError):
                 self.client.get_json("/system_stats")
@@ -176,7 +177,8 @@ class ComfyServer:
             rows = [line for line in log if line.rstrip().endswith(f"custom_nodes/{link_name}")]
             if not rows or any("IMPORT FAILED" in row for row in rows):
                 raise ServerStartError(
-                    f"the ComfyUI server did not load the custom node package {link_name!r}\n{self.log_tail(200)}"
+                    f"the ComfyUI server did not load the custom node package {link_name!r}\n"
+                    f"{self.log_tail(200)}"
                 )
 
     def stop(self, timeout_s: float = 15.0) -> None:
