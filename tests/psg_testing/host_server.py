@@ -44,12 +44,11 @@ class ServerStartError(RuntimeError):
     pass
 
 
-class EventLog:
+class EventLog(ServerEvents):
     """The events of one client id, as they come over the server's websocket, kept in ``received``."""
 
     def __init__(self, events: ServerEvents) -> None:
-        self.events = events
-        self.client_id = events.client_id
+        super().__init__(events.socket, events.client_id)
         self.received: list[tuple[str, dict]] = []
 
     def wait_for(
@@ -58,7 +57,7 @@ class EventLog:
         """Read events until one of ``event_type`` whose data satisfies ``where``."""
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
-            event = self.events.next_event(remaining)
+            event = self.next_event(remaining)
             if event is None:
                 break
             self.received.append(event)
@@ -67,15 +66,6 @@ class EventLog:
         raise TimeoutError(
             f"no {event_type!r} event within {timeout_s} s; received {[t for t, _ in self.received]}"
         )
-
-    def close(self) -> None:
-        self.events.close()
-
-    def __enter__(self) -> EventLog:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def free_port() -> int:
