@@ -300,6 +300,52 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
 
 
 
+def test_core_cli_client_prompt_calls_answer_as_comfyui_does():
+    """post_prompt, wait and interrupt (what the host tests drive a server with) against a stand-in
+    that answers as ComfyUI's routes do: 400 with node_errors, /history empty until done, no body."""
+    from aiohttp import web
+    from psg_testing.aiohttp_server import serve_routes
+
+    from psg_cli.errors import PromptRejected
+    from psg_cli.server_backend import ServerBackend
+
+    polls: list[str] = []
+    interrupts: list[dict] = []
+    refusal = {"error": {"type": "prompt_outputs_failed_validation",
+                         "message": "Prompt outputs failed validation"},
+               "node_errors": {"1": {"class_type": "KSampler",
+                                     "errors": [{"message": "Value smaller than min", "details": "steps"}]}}}
+
+    async def prompt(request):
+        body = await request.json()
+        if body["prompt"]["1"]["inputs"]["steps"] < 1:
+            return web.json_response(refusal, status=400)
+        return web.json_response({"prompt_id": "p1", "number": 0, "node_errors": {}})
+
+    async def history(request):
+        polls.append(request.match_info["prompt_id"])
+        if len(polls) < 3:
+            return web.json_response({})
+        return web.json_response({"p1": {"status": {"completed": True, "messages": []}, "outputs": {}}})
+
+    async def interrupt(request):
+        interrupts.append(await request.json())
+        return web.Response(status=200)
+
+    routes = {"/prompt": prompt, "/history/{prompt_id}": history, "/interrupt": interrupt}
+    with serve_routes(routes) as url:
+        backend = ServerBackend(url)
+        assert backend.post_prompt({"1": {"class_type": "KSampler", "inputs": {"steps": 3}}}) == "p1"
+        with pytest.raises(PromptRejected, match="Value smaller than min") as refused:
+            backend.post_prompt({"1": {"class_type": "KSampler", "inputs": {"steps": 0}}})
+        assert refused.value.error == refusal["error"] and refused.value.node_errors == refusal["node_errors"]
+        assert backend.wait("p1", timeout_s=10)["status"]["completed"] is True
+        assert polls == ["p1", "p1", "p1"]
+        backend.interrupt()
+        backend.interrupt("p1")
+    assert interrupts == [{}, {"prompt_id": "p1"}]
+
+
 def test_core_cli_client_repeated_validation_message_is_shown_once():
     """ComfyUI repeats a node's validate_inputs message for every input the hook declares."""
     p = {"10": {"class_type": "PSGEdit", "inputs": {}, "_meta": {"title": "PSG Edit"}}}
