@@ -32,7 +32,7 @@ import numpy as np
 
 from . import models as model_files
 from . import pie_bench as pie
-from .metrics import METRIC_SETS, PACK_METRICS, PNP_ALL, EditPair, needs, score
+from .pie_metrics import METRIC_SETS, PACK_METRICS, PNP_ALL, EditPair, needs, score
 
 logger = logging.getLogger("psg_eval")
 OVERALL = "overall"

@@ -20,10 +20,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from psg_core import lpips_weights
+import torch
 
 from . import dino
-from .metrics import MetricModels
+from .clip_score import load_clip_scorer
+from .core import lpips_weights
+from .pie_metrics import MetricModels
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,11 @@ def check_files(needed: set[str], paths: ModelPaths) -> list[str]:
     return lines
 
 
+def lpips_network(net: str, folders: list[Path]) -> torch.nn.Module:
+    """LPIPS with its ``net`` backbone read from ``folders`` (or torch hub's cache), offline."""
+    return lpips_weights.load_lpips(net, folders)
+
+
 def load(needed: set[str], paths: ModelPaths, device: str = "cpu", dino_antialias: bool = False) -> MetricModels:
     """The models the selected metrics need; FileNotFoundError listing every missing file first."""
     missing = check_files(needed, paths)
@@ -88,13 +95,11 @@ def load(needed: set[str], paths: ModelPaths, device: str = "cpu", dino_antialia
                                 + "\n(--models DIR, or --lpips-dir / --dino / --clip, say where they are)")
     models = MetricModels(dino_antialias=dino_antialias)
     if "lpips_squeeze" in needed:
-        models.lpips_squeeze = lpips_weights.load_lpips("squeeze", [paths.lpips_dir]).to(device)
+        models.lpips_squeeze = lpips_network("squeeze", [paths.lpips_dir]).to(device)
     if "lpips_alex" in needed:
-        models.lpips_alex = lpips_weights.load_lpips("alex", [paths.lpips_dir]).to(device)
+        models.lpips_alex = lpips_network("alex", [paths.lpips_dir]).to(device)
     if "dino" in needed:
         models.dino = dino.load_dino(paths.dino).to(device)
     if "clip" in needed:
-        from psg_core.clip_score import load_clip_scorer
-
         models.clip = load_clip_scorer(paths.clip, device)
     return models

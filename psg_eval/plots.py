@@ -59,13 +59,14 @@ def colormap(values: torch.Tensor) -> torch.Tensor:
     return rgb.movedim(-1, 0)
 
 
-def _to_pil(image: torch.Tensor) -> Image.Image:
+def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) in [0, 1] -> RGB PIL image."""
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     return Image.fromarray(arr)
 
 
-def _from_pil(image: Image.Image) -> torch.Tensor:
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """A PIL image (any mode) -> (3, H, W) RGB float in [0, 1]."""
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
@@ -120,12 +121,12 @@ def _one_grid(source: torch.Tensor, edit: torch.Tensor, diff: torch.Tensor, vmax
     f = font(13)
     for k, (panel, label) in enumerate(zip((source, edit, heat), labels, strict=False)):
         x = k * (w + GAP)
-        canvas.paste(_to_pil(panel), (x, LABEL_HEIGHT))
+        canvas.paste(to_pil(panel), (x, LABEL_HEIGHT))
         draw.text((x + 2, 3), str(label), fill=TEXT, font=f)
     # colour bar: top = vmax, bottom = 0
     bx = 3 * (w + GAP)
     ramp = torch.linspace(1.0, 0.0, h).view(h, 1).expand(h, BAR_WIDTH)
-    canvas.paste(_to_pil(colormap(ramp)), (bx, LABEL_HEIGHT))
+    canvas.paste(to_pil(colormap(ramp)), (bx, LABEL_HEIGHT))
     draw.rectangle([bx, LABEL_HEIGHT, bx + BAR_WIDTH - 1, LABEL_HEIGHT + h - 1], outline=TEXT)
     small = font(11)
     for frac in (1.0, 0.5, 0.0):
@@ -133,7 +134,7 @@ def _one_grid(source: torch.Tensor, edit: torch.Tensor, diff: torch.Tensor, vmax
         draw.line([bx + BAR_WIDTH, y, bx + BAR_WIDTH + 3, y], fill=TEXT)
         ty = min(max(y - 6, LABEL_HEIGHT), LABEL_HEIGHT + h - 12)
         draw.text((bx + BAR_WIDTH + 5, ty), _fmt(top * frac), fill=TEXT, font=small)
-    return _from_pil(canvas)
+    return from_pil(canvas)
 
 
 # --------------------------------------------------------------------------- loss plots
@@ -186,7 +187,7 @@ def loss_plot(losses: object, *, width: int = 512, height: int = 320, title: str
     steps = max((len(vs) for vs in curves.values()), default=0)
     if not finite:
         draw.text((left + 10, (top + bottom) // 2 - 7), "no losses recorded", fill=TEXT, font=f)
-        return _from_pil(canvas)
+        return from_pil(canvas)
     use_log = log_y and min(finite) > 0
     if log_y and not use_log:
         logger.info("loss plot: a value <= 0, using a linear axis")
@@ -227,10 +228,4 @@ def loss_plot(losses: object, *, width: int = 512, height: int = 320, title: str
             segment = []
         if len(curves) > 1:
             draw.text((right - 120, top + 4 + 14 * k), f"- {name}", fill=colour, font=small)
-    return _from_pil(canvas)
-
-
-def to_comfy_image(chw: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) or (B, 3, H, W) -> ComfyUI IMAGE (B, H, W, 3)."""
-    t = chw if chw.ndim == 4 else chw[None]
-    return t.movedim(1, -1).contiguous().float()
+    return from_pil(canvas)

@@ -14,9 +14,9 @@ import skimage.data
 from PIL import Image
 
 from psg_cli import journal as J
+from psg_cli import report
 from psg_cli.errors import CliError, EditTimeout, ExecutionFailed, RetryableError, UnreachableError
 from psg_cli.failures import FailureKind, backoff_s, classify
-from psg_core import report
 
 
 def _photo(path: Path, which: str = "chelsea", size: int = 48) -> Path:
@@ -147,7 +147,7 @@ def test_core_report_streams_from_a_journal_with_thumbnail_files(tmp_path: Path)
     with shards[0].open("a") as fh:
         fh.write('{"id": "item-0", "state": "failed", "record": {"id": "item-0", "status": "fa')
 
-    paths = report.write_report(shards, tmp_path / "rep")
+    paths = report.write(shards, tmp_path / "rep")
     data = json.loads(paths["json"].read_text())
     assert len(data["items"]) == n and all(it["status"] == "ok" for it in data["items"])
     assert data["overall"]["psnr"]["n"] == n

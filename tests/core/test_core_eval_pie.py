@@ -26,8 +26,8 @@ from psg_testing import pie_mini
 
 from psg_eval import dino, pie_bench
 from psg_eval import evaluate as ev
-from psg_eval import metrics as em
 from psg_eval import models as model_files
+from psg_eval import pie_metrics as em
 
 SIZE = pie_mini.SIZE
 
@@ -268,7 +268,8 @@ def test_core_eval_never_imports_comfy():
     import subprocess
     import sys
 
-    code = ("import sys; import psg_eval.evaluate, psg_eval.models, psg_eval.dino, psg_eval.metrics; "
+    code = ("import sys; import psg_eval.evaluate, psg_eval.models, psg_eval.dino, psg_eval.pie_metrics, "
+            "psg_eval.report, psg_eval.plots, psg_eval.clip_score, psg_eval.image_metrics; "
             "bad = [m for m in sys.modules if m == 'comfy' or m.startswith(('comfy.', 'comfy_'))]; "
             "assert not bad, bad; print('clean')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=pie_mini.Path(__file__).resolve().parents[2],

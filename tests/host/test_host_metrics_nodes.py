@@ -16,7 +16,7 @@ from psg_testing.host import PromptExecutionError
 from psg_testing.metric_models import save_random_alexnet, save_tiny_clip
 from psg_testing.model_folders import extra_model_folder
 
-from psg_core import plots
+from psg_eval import plots
 
 SIZE = 64
 BOX = (16, 48)  # rows/cols of the edited square
