@@ -119,7 +119,8 @@ def _build_lpips(net: str) -> lpips.LPIPS:
     heads = torch.load(heads_path, map_location="cpu", weights_only=True)
     result = model.load_state_dict(heads, strict=False)
     if result.unexpected_keys:
-        raise RuntimeError(f"LPIPS-{net} heads at {heads_path} have unexpected keys {result.unexpected_keys[:5]}.")
+        raise RuntimeError(f"LPIPS-{net} heads at {heads_path} have unexpected keys "
+                           f"{result.unexpected_keys[:5]}.")
     return model
 
 

@@ -45,7 +45,8 @@ class ModelPaths:
     @classmethod
     def under(cls, models_root: Path, lpips_dir: Path | None = None, dino_path: Path | None = None,
               clip: Path | None = None) -> ModelPaths:
-        """Defaults inside a models folder (e.g. ``ComfyUI/models``): lpips/, dino/, clip_score/clip-vit-large-patch14/."""
+        """Defaults inside a models folder (e.g. ``ComfyUI/models``): lpips/, dino/,
+        clip_score/clip-vit-large-patch14/."""
         root = Path(models_root).expanduser()
         return cls(lpips_dir=Path(lpips_dir or root / "lpips").expanduser(),
                    dino=Path(dino_path or root / "dino").expanduser(),
@@ -87,12 +88,14 @@ def lpips_network(net: str, folders: list[Path]) -> torch.nn.Module:
     return lpips_weights.load_lpips(net, folders)
 
 
-def load(needed: set[str], paths: ModelPaths, device: str = "cpu", dino_antialias: bool = False) -> MetricModels:
+def load(needed: set[str], paths: ModelPaths, device: str = "cpu",
+         dino_antialias: bool = False) -> MetricModels:
     """The models the selected metrics need; FileNotFoundError listing every missing file first."""
     missing = check_files(needed, paths)
     if missing:
-        raise FileNotFoundError("the evaluation models are missing files:\n" + "\n".join(f"  - {m}" for m in missing)
-                                + "\n(--models DIR, or --lpips-dir / --dino / --clip, say where they are)")
+        listed = "\n".join(f"  - {m}" for m in missing)
+        raise FileNotFoundError(f"the evaluation models are missing files:\n{listed}\n"
+                                "(--models DIR, or --lpips-dir / --dino / --clip, say where they are)")
     models = MetricModels(dino_antialias=dino_antialias)
     if "lpips_squeeze" in needed:
         models.lpips_squeeze = lpips_network("squeeze", [paths.lpips_dir]).to(device)

@@ -117,7 +117,8 @@ def _pair_metric(kind: str, pair: EditPair, keep: np.ndarray | None, models: Met
     return float(fn(edit, photo, m)[0])
 
 
-def _clip(pair: EditPair, models: MetricModels, image: np.ndarray, text: str, keep: np.ndarray | None) -> float:
+def _clip(pair: EditPair, models: MetricModels, image: np.ndarray, text: str,
+          keep: np.ndarray | None) -> float:
     if keep is not None:
         image = (image * keep[..., None]).astype(np.uint8)
     return float(models.clip.score(_tensor(image), text)[0])
@@ -130,7 +131,9 @@ def pnp_metric(name: str, pair: EditPair, models: MetricModels) -> float:
     if name == "clip_similarity_target_image":
         return _clip(pair, models, pair.edit, pair.target_prompt, None)
     if name == "clip_similarity_target_image_edit_part":
-        return math.nan if pair.mask.sum() == 0 else _clip(pair, models, pair.edit, pair.target_prompt, pair.mask)
+        if pair.mask.sum() == 0:
+            return math.nan
+        return _clip(pair, models, pair.edit, pair.target_prompt, pair.mask)
     for part in PARTS[1:]:
         if name.endswith(part):
             kind = name.removesuffix(part)

@@ -38,7 +38,8 @@ _HEAT = torch.tensor([
     [0.99, 0.85, 0.20],
     [1.00, 1.00, 0.95],
 ])
-_CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+_CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+                  (23, 190, 207)]
 
 
 def font(size: int = 14) -> ImageFont.ImageFont:
@@ -67,7 +68,8 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 def from_pil(image: Image.Image) -> torch.Tensor:
     """A PIL image (any mode) -> (3, H, W) RGB float in [0, 1]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def _fmt(value: float) -> str:
@@ -97,9 +99,11 @@ def comparison_grid(source: torch.Tensor, edit: torch.Tensor, *, vmax: float | N
     """
     for name, t in (("source", source), ("edit", edit)):
         if not torch.is_tensor(t) or t.ndim != 4 or t.shape[1] != 3:
-            raise ValueError(f"grid: the {name} image must be (batch, 3, height, width), got {tuple(t.shape)}.")
+            raise ValueError(f"grid: the {name} image must be (batch, 3, height, width), "
+                             f"got {tuple(t.shape)}.")
     if edit.shape[-2:] != source.shape[-2:]:
-        logger.info("grid: resizing the edit %s to the source size %s", tuple(edit.shape[-2:]), tuple(source.shape[-2:]))
+        logger.info("grid: resizing the edit %s to the source size %s", tuple(edit.shape[-2:]),
+                    tuple(source.shape[-2:]))
         edit = F.interpolate(edit.float(), size=source.shape[-2:], mode="bilinear", align_corners=False)
     n = max(source.shape[0], edit.shape[0])
     source = source.float().cpu().expand(n, -1, -1, -1)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "node_helpers", "server")
+HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "node_helpers",
+                "server")
 MAX_NODE_MODULE_LINES = 150
 EVAL_CORE_LINK = "core.py"
 """The one psg_eval module that imports psg_core (under the name it has where psg_eval runs)."""
@@ -72,13 +73,15 @@ def test_core_layout_adapter_and_pipelines_import_no_node_module(folder):
     names = {p.stem for p in node_modules()}
     for path in sorted((ROOT / "nodes" / folder).glob("*.py")):
         for level, module in imports_of(path):
-            assert not (level == 2 and module.split(".")[0] in names), f"{folder}/{path.name} imports ..{module}"
+            imported = module.split(".")[0]
+            assert not (level == 2 and imported in names), f"{folder}/{path.name} imports ..{module}"
 
 
 def test_core_layout_node_modules_are_short():
     for path in node_modules():
         lines = len(path.read_text().splitlines())
-        assert lines <= MAX_NODE_MODULE_LINES, f"{path.name}: {lines} lines; move the mechanism to nodes/pipelines"
+        assert lines <= MAX_NODE_MODULE_LINES, (
+            f"{path.name}: {lines} lines; move the mechanism to nodes/pipelines")
 
 
 def test_core_layout_architecture_names_exist():
@@ -97,7 +100,8 @@ def test_core_layout_architecture_names_exist():
                 defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
                 continue
             assert file is not None, f"{item!r} named before its file: {row}"
-            assert item.split(".")[-1] in defined, f"docs/architecture.md names {file}: {item}, not defined there"
+            assert item.split(".")[-1] in defined, (
+                f"docs/architecture.md names {file}: {item}, not defined there")
             checked += 1
     assert checked >= 15
 
@@ -142,7 +146,8 @@ b = a.clone()
 b[..., 4:12, 4:12] = 0
 print(float(metrics.mse(a, b, mask)[0]), float(metrics.mse(a, b)[0]))
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     masked, whole = (float(v) for v in proc.stdout.split())
     assert masked == 0.0 and whole > 0.0

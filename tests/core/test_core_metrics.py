@@ -103,7 +103,8 @@ def test_core_metrics_lpips_matches_the_package(photo: str, alex: lpips.LPIPS) -
         assert float(metrics.lpips_distance(alex, ta, tb)[0]) == pytest.approx(want, rel=1e-5, abs=1e-7)
         assert want > 0
     with torch.no_grad():
-        assert float(metrics.lpips_distance(alex, _t(a).float(), _t(a).float())[0]) == pytest.approx(0.0, abs=1e-7)
+        same = float(metrics.lpips_distance(alex, _t(a).float(), _t(a).float())[0])
+        assert same == pytest.approx(0.0, abs=1e-7)
 
 
 def _box_mask(h: int, w: int) -> torch.Tensor:
@@ -189,8 +190,9 @@ def test_core_metrics_structure_distance_with_a_tiny_local_vit(tmp_path) -> None
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=1, intermediate_size=32,
-                                 image_size=224, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True)
+    cfg = transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=1,
+                                 intermediate_size=32, image_size=224, patch_size=8, layer_norm_eps=1e-6,
+                                 qkv_bias=True)
     transformers.ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path)
     model = dino.load_dino(tmp_path)
     photo = (_photo("chelsea", 96) * 255).round().astype(np.uint8)

@@ -62,8 +62,9 @@ def results(tmp_path: Path) -> Path:
     rng = np.random.default_rng(3)
     (tmp_path / "out").mkdir()
     items = []
-    for k, (name, typ, noise) in enumerate([("chelsea", "change color", 0.02), ("coffee", "change color", 0.08),
-                                            ("astronaut", "change object", 0.05), ("rocket", "change object", 0.1)]):
+    photos = [("chelsea", "change color", 0.02), ("coffee", "change color", 0.08),
+              ("astronaut", "change object", 0.05), ("rocket", "change object", 0.1)]
+    for k, (name, typ, noise) in enumerate(photos):
         src = getattr(skimage.data, name)()[:SIZE, :SIZE].astype(np.float64) / 255.0
         edit = src + rng.normal(0, noise, src.shape)
         _save(src, tmp_path / f"{name}.png")
@@ -72,8 +73,8 @@ def results(tmp_path: Path) -> Path:
                       "target": "an edit", "mask": None, "mask_box": [0.25, 0.25, 0.75, 0.75], "status": "ok",
                       "output": f"out/{name}_edit.png", "outputs": {},
                       "metrics": {"PSG Edit": {"psg_metrics": [{"clip_score": 20.0 + k}]}}})
-    items.append({"id": "broken", "type": "change object", "image": "chelsea.png", "source": "s", "target": "t",
-                  "status": "failed", "error": "server went away", "output": None})
+    items.append({"id": "broken", "type": "change object", "image": "chelsea.png", "source": "s",
+                  "target": "t", "status": "failed", "error": "server went away", "output": None})
     items.append({"id": "lost", "type": "change color", "image": "chelsea.png", "source": "s", "target": "t",
                   "status": "ok", "output": "out/gone.png"})
     path = tmp_path / "results.json"
@@ -108,7 +109,8 @@ def test_core_report_csv_json_html_agree_and_match_skimage(results: Path, tmp_pa
     assert "missing image file" in data["items"][5]["error"]
 
     # per-type statistics: population mean/std over the measured items
-    col = [it["metrics"]["psnr"] for it in data["items"] if it["type"] == "change color" and it["metrics"]["psnr"]]
+    col = [it["metrics"]["psnr"] for it in data["items"]
+           if it["type"] == "change color" and it["metrics"]["psnr"]]
     assert len(col) == 2
     st = data["by_type"]["change color"]["psnr"]
     assert st["n"] == 2
@@ -139,8 +141,8 @@ def test_core_report_mask_box_and_errors(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"items": [{"type": "x"}]}))
     with pytest.raises(ValueError, match="no 'id'"):
         cli_report.read_results(bad)
-    assert cli_report.flatten_metrics({"A": {"psnr": 1, "ok": True}, "B": {"psnr": 2.5, "t": "x"}, "c": [3]}) == {
-        "A.psnr": 1.0, "B.psnr": 2.5, "c": 3.0}
+    nested = {"A": {"psnr": 1, "ok": True}, "B": {"psnr": 2.5, "t": "x"}, "c": [3]}
+    assert cli_report.flatten_metrics(nested) == {"A.psnr": 1.0, "B.psnr": 2.5, "c": 3.0}
     empty = report.stats([None, math.nan])
     assert empty["n"] == 0 and math.isnan(empty["mean"]) and math.isnan(empty["std"])
     assert report.stats([1.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 2}
@@ -178,7 +180,8 @@ def test_core_report_takes_neutral_items_with_a_mask_file(tmp_path: Path) -> Non
 
 def test_core_report_main_writes_files(results: Path, tmp_path: Path, capsys) -> None:
     assert cli_report.main([str(results), "--out", str(tmp_path / "cli")]) == 0
-    assert {p.name for p in (tmp_path / "cli").iterdir()} == {"report.csv", "report.json", "report.html", "thumbs"}
+    written = {p.name for p in (tmp_path / "cli").iterdir()}
+    assert written == {"report.csv", "report.json", "report.html", "thumbs"}
     assert cli_report.main([str(tmp_path / "missing.json")]) == 2
     assert "edit-batch" in capsys.readouterr().out
 
@@ -186,7 +189,8 @@ def test_core_report_main_writes_files(results: Path, tmp_path: Path, capsys) ->
 def test_core_report_grid_and_plot_sizes() -> None:
     src, edit = torch.rand(2, 3, 40, 56), torch.rand(1, 3, 40, 56)
     grid = plots.comparison_grid(src, edit)
-    assert grid.shape == (2, 3, 40 + plots.LABEL_HEIGHT, 3 * 56 + 3 * plots.GAP + plots.BAR_WIDTH + plots.BAR_LABEL_WIDTH)
+    width = 3 * 56 + 3 * plots.GAP + plots.BAR_WIDTH + plots.BAR_LABEL_WIDTH
+    assert grid.shape == (2, 3, 40 + plots.LABEL_HEIGHT, width)
     assert grid.shape[-2:] == plots.grid_size(40, 56)
     # the source panel is the source image (8-bit rounding aside)
     panel = grid[0, :, plots.LABEL_HEIGHT:, :56]

@@ -103,8 +103,9 @@ def test_host_batch_server_stopped_mid_batch_and_restarted_is_readmitted(comfy_r
 
 def test_host_batch_deterministic_failure_is_tried_once(comfy_server, files, tmp_path):
     out = tmp_path / "out"
-    proc = run_cli("edit-batch", dataset(files, tmp_path / "edits.json", 3, bad=1), "--server", comfy_server.url,
-                   "--workflow", files["workflow"], "--out", out, "--retries", "3", "--backoff", "0.1")
+    proc = run_cli("edit-batch", dataset(files, tmp_path / "edits.json", 3, bad=1),
+                   "--server", comfy_server.url, "--workflow", files["workflow"], "--out", out,
+                   "--retries", "3", "--backoff", "0.1")
     assert proc.returncode == 1, proc.stderr
     items = {r["id"]: r for r in json.loads((out / "results.json").read_text())["items"]}
     bad = items["item-1"]
@@ -151,7 +152,8 @@ def test_host_batch_restarted_client_collects_queued_prompts_from_history(comfy_
             "--workflow", files["workflow"], "--out", out, "--set", STEPS_SLOW)
     first = start_cli(*args)
     try:
-        wait_for(lambda: bool(entries(journal, "submitted")) or first.poll() is not None, 120, "a queued prompt")
+        wait_for(lambda: bool(entries(journal, "submitted")) or first.poll() is not None, 120,
+                 "a queued prompt")
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
@@ -200,7 +202,8 @@ def test_host_batch_shards_split_the_list_and_report_together(comfy_server, file
     journals = [out / "journal-shard-1-of-2.jsonl", out / "journal-shard-2-of-2.jsonl"]
     assert [sorted(e["id"] for e in entries(j, "ok")) for j in journals] == [["item-0", "item-2"], ["item-1"]]
     assert json.loads((out / "results-shard-2-of-2.json").read_text())["summary"]["total"] == 1
-    report = subprocess.run([*cli_command()[:2], "psg_cli.report", *map(str, journals), "--out", str(tmp_path / "r")],
+    report = subprocess.run([*cli_command()[:2], "psg_cli.report", *map(str, journals),
+                             "--out", str(tmp_path / "r")],
                             cwd=host.REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     items = json.loads((tmp_path / "r" / "report.json").read_text())["items"]
@@ -209,7 +212,8 @@ def test_host_batch_shards_split_the_list_and_report_together(comfy_server, file
     assert len(list((tmp_path / "r" / "thumbs").glob("*.jpg"))) == 9
 
 
-def test_host_batch_transient_failure_is_retried_on_the_other_server(comfy_server, comfy_root, files, tmp_path):
+def test_host_batch_transient_failure_is_retried_on_the_other_server(comfy_server, comfy_root, files,
+                                                                     tmp_path):
     """A run interrupted on one server (transient) goes back after the backoff and runs on the other."""
     other = ComfyServer.start(tmp_path / "other_server", comfy_root)
     out = tmp_path / "out"
@@ -219,7 +223,8 @@ def test_host_batch_transient_failure_is_retried_on_the_other_server(comfy_serve
                      "--set", "Sampler.steps=300", "--retries", "2", "--backoff", "0.5")
     servers = {comfy_server.url: comfy_server, other.url: other}
     try:
-        wait_for(lambda: bool(entries(journal, "submitted")) or proc.poll() is not None, 300, "a queued prompt")
+        wait_for(lambda: bool(entries(journal, "submitted")) or proc.poll() is not None, 300,
+                 "a queued prompt")
         first = entries(journal, "submitted")[0]["worker"]
         wait_for(lambda: bool(servers[first].queue().get("queue_running")), 60, "the prompt to run")
         servers[first].interrupt()
