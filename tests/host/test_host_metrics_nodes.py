@@ -148,6 +148,26 @@ def test_host_metrics_nodes_grid_and_loss_plot_sizes(comfy_host, files, lpips_di
     assert result.ui[preview.id]["images"]
 
 
+def test_host_metrics_nodes_structure_distance_is_pie_benchs(comfy_host, files, tmp_path: Path) -> None:
+    """What PSG Image Metrics reports as structure_distance (the pack as ComfyUI loaded it, with its
+    own ``<pack>.psg_eval``) equals ``python -m psg_eval``'s on the same 8-bit images (RANDOM-weight
+    DINO-shaped ViT: plumbing, not meaning); no model = unavailable."""
+    from psg_testing.pie_mini import save_random_dino
+
+    from psg_eval import dino
+
+    weights = save_random_dino(tmp_path / "dino")
+    pipeline = comfy_host.pack_module().nodes.pipelines.metrics
+    src, outside = (torch.from_numpy(_arr(comfy_host, files[k])).float().permute(2, 0, 1)[None]
+                    for k in ("src", "outside"))
+    as_uint8 = [(_arr(comfy_host, files[k]) * 255).round().astype(np.uint8) for k in ("src", "outside")]
+    reference = dino.structure_distance(dino.load_dino(weights), as_uint8[1], as_uint8[0])
+    assert reference > 0
+    assert pipeline.structure_distance(weights.parent, src, outside) == pytest.approx(reference, rel=1e-5)
+    assert pipeline.structure_distance(weights, src, src) == pytest.approx(0.0, abs=1e-12)
+    assert pipeline.structure_distance(None, src, outside) is None
+
+
 @pytest.mark.parametrize("node_id", ["PSGImageMetrics", "PSGCLIPScore", "PSGCompareGrid", "PSGLossPlot"])
 def test_host_metrics_nodes_registered_with_tooltips(comfy_host, node_id: str) -> None:
     cls = comfy_host.node_class(node_id)
