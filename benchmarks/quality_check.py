@@ -9,7 +9,7 @@ runs four times through the CLI's in-process ComfyUI (``psg_cli``: the same grap
     1/2-res guidance         full VAE, x0 decoded and compared at half resolution
 
 The final image is always decoded by the full VAE. Measured on it: background LPIPS / PSNR /
-SSIM to the photo (outside the edit's mask_box, PIE-Bench convention, via ``psg_core.report``),
+SSIM to the photo (outside the edit's mask_box, PIE-Bench convention, via ``psg_eval.report``),
 CLIPScore to the target prompt, and seconds per edit. A markdown table goes to stdout.
 
 Real weights (the only way the numbers mean anything; ComfyUI's Python or this repo's .venv):
@@ -47,7 +47,7 @@ from psg_cli import roles, workflow  # noqa: E402
 from psg_cli.dataset import BatchItem, load_dataset, safe_stem  # noqa: E402
 from psg_cli.edit import EditRequest, run_edit  # noqa: E402
 from psg_cli.errors import CliError  # noqa: E402
-from psg_core.report import measure_item  # noqa: E402
+from psg_eval.report import ReportItem, measure_item  # noqa: E402
 
 logger = logging.getLogger("quality_check")
 DEFAULT_DATASET = ROOT / "examples" / "edits.json"
@@ -167,8 +167,8 @@ def load_metric_models(clip: Path | None) -> tuple[Any, Any]:
     """(LPIPS-alex from ComfyUI's lpips folders, CLIP scorer or None); after ComfyUI has booted."""
     import folder_paths
 
-    from psg_core.clip_score import load_clip_scorer
     from psg_core.lpips_weights import load_lpips
+    from psg_eval.clip_score import load_clip_scorer
 
     def folders(kind: str) -> list[str]:
         return folder_paths.get_folder_paths(kind) if kind in folder_paths.folder_names_and_paths else []
@@ -232,8 +232,9 @@ def run(args: argparse.Namespace, work: Path) -> list[Row]:
             started = time.perf_counter()
             record = run_edit(backend, request(it, variant, args.steps), out, stem, progress=False)
             row.add("seconds", time.perf_counter() - started)
-            measured = measure_item({"id": it.id, "image": str(photos[it.id]), "output": record["output"],
-                                     "mask_box": boxes[it.id]}, out, lpips_module)
+            edit = ReportItem(id=it.id, photo=photos[it.id], edited=out / record["output"],
+                              mask_box=boxes[it.id])
+            measured = measure_item(edit, lpips_module)
             if measured.error:
                 raise RuntimeError(f"{variant.name} / {it.id}: {measured.error}")
             for key in ("bg_lpips", "bg_psnr", "bg_ssim"):

@@ -11,7 +11,7 @@ on another worker when there is one; deterministic ones are recorded once; a wor
 answering gives its item back without spending an attempt and is re-checked every
 ``recheck_s`` until it answers (and passes its preflight) again.
 
-Results schema (``psg-edit-batch/1``; read by ``psg_core/report.py``): paths are relative to
+Results schema (``psg-edit-batch/1``; read by ``report.py``): paths are relative to
 the results file's folder.
 ``{"schema", "dataset", "workflow", "settings": {...}, "updated", "summary": {...},
 "items": [{"id", "type", "image", "source", "target", "mask", "mask_box", "status":

@@ -631,7 +631,7 @@ def key_node_picture(wf: Workflow, width: int = 768, title: str | None = None) -
     not the whole graph: what a person needs to recognise the template at thumbnail size."""
     from PIL import Image, ImageDraw
 
-    from psg_core.plots import font
+    from psg_eval.plots import font
 
     chain = sorted((n for n in wf.nodes if n.cls in KEY_NODES and n.key != "target"),
                    key=lambda n: KEY_NODES.index(n.cls))

@@ -200,7 +200,8 @@ def test_host_batch_shards_split_the_list_and_report_together(comfy_server, file
     journals = [out / "journal-shard-1-of-2.jsonl", out / "journal-shard-2-of-2.jsonl"]
     assert [sorted(e["id"] for e in entries(j, "ok")) for j in journals] == [["item-0", "item-2"], ["item-1"]]
     assert json.loads((out / "results-shard-2-of-2.json").read_text())["summary"]["total"] == 1
-    report = subprocess.run([*cli_command()[:2], "psg_core.report", *map(str, journals), "--out", str(tmp_path / "r")],
+    report = subprocess.run([*cli_command()[:2], "psg_cli.report", *map(str, journals),
+                             "--out", str(tmp_path / "r")],
                             cwd=host.REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     items = json.loads((tmp_path / "r" / "report.json").read_text())["items"]

@@ -551,7 +551,7 @@ def test_host_reliability_repeated_edits_do_not_accumulate_objects(inprocess):
 
 # --------------------------------------------------------------------------- safety
 
-PACK_DIRS = ("nodes", "psg_core", "psg_cli")
+PACK_DIRS = ("nodes", "psg_core", "psg_eval", "psg_cli")
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}
 UNSAFE_CALLS = {"eval", "exec", "compile", "__import__"}
 
