@@ -632,7 +632,7 @@ def test_host_reliability_file_names_cannot_leave_comfy_folders(inprocess, tmp_p
     result = inprocess.run(graph.prompt(), outputs=[inv.id, graph.ck.id])
     inversion, model = result.output(inv.id), result.output(graph.ck.id, 0)
     outside = base / "outside.safetensors"
-    pack.storage_nodes.to_file(inversion, str(outside))
+    pack.pipelines.storage.to_file(inversion, str(outside))
     for name in ("../../outside.safetensors", "../outside.safetensors", str(outside)):
         with pytest.raises(ValueError) as caught:
             pack.storage_nodes.PSGLoadInversion.execute(name, model, 0)
