@@ -10,7 +10,7 @@ graph a user runs):
     1/2-res guidance         full VAE, x0 decoded and compared at half resolution
 
 The final image is always decoded by the full VAE. Measured on it: background LPIPS / PSNR /
-SSIM to the photo (outside the edit's mask_box, PIE-Bench convention, via ``psg_core.report``),
+SSIM to the photo (outside the edit's mask_box, PIE-Bench convention, via ``psg_eval.report``),
 CLIPScore to the target prompt, and seconds per edit. A markdown table goes to stdout.
 
 Real weights (the only way the numbers mean anything; ComfyUI's Python or this repo's .venv):
@@ -45,7 +45,7 @@ from psg_cli import roles, workflow
 from psg_cli.dataset import BatchItem, load_dataset, safe_stem
 from psg_cli.edit import EditRequest, run_edit
 from psg_cli.errors import CliError
-from psg_core.report import measure_item
+from psg_eval.report import ReportItem, measure_item
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,8 +168,8 @@ def load_metric_models(clip: Path | None) -> tuple[Any, Any]:
     """(LPIPS-alex from ComfyUI's lpips folders, CLIP scorer or None); after ComfyUI has booted."""
     import folder_paths
 
-    from psg_core.clip_score import load_clip_scorer
     from psg_core.lpips_weights import load_lpips
+    from psg_eval.clip_score import load_clip_scorer
 
     def folders(kind: str) -> list[str]:
         return folder_paths.get_folder_paths(kind) if kind in folder_paths.folder_names_and_paths else []
@@ -235,8 +235,9 @@ def run(args: argparse.Namespace, work: Path) -> list[Row]:
             started = time.perf_counter()
             record = run_edit(backend, request(it, variant, args.steps), out, stem, progress=False)
             row.add("seconds", time.perf_counter() - started)
-            measured = measure_item({"id": it.id, "image": str(photos[it.id]), "output": record["output"],
-                                     "mask_box": boxes[it.id]}, out, lpips_module)
+            edit = ReportItem(id=it.id, photo=photos[it.id], edited=out / record["output"],
+                              mask_box=boxes[it.id])
+            measured = measure_item(edit, lpips_module)
             if measured.error:
                 raise RuntimeError(f"{variant.name} / {it.id}: {measured.error}")
             for key in ("bg_lpips", "bg_psnr", "bg_ssim"):

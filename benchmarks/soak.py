@@ -158,15 +158,14 @@ def main() -> int:
     prepare_base_dir(base)
     if guidance_vae:
         write_random_taesd(base / "models" / "vae_approx", (guidance_vae,))
-    server = ComfyServer.start(base, root)
     try:
-        files_before = count_files(base)
-        samples = soak(server, args.runs, args.timeout, guidance_vae)
-        settle_s = 5
-        time.sleep(settle_s)
-        idle_rss = psutil.Process(server.process.pid).memory_info().rss
+        with ComfyServer.running(base, root) as server:
+            files_before = count_files(base)
+            samples = soak(server, args.runs, args.timeout, guidance_vae)
+            settle_s = 5
+            time.sleep(settle_s)
+            idle_rss = psutil.Process(server.process.pid).memory_info().rss
     finally:
-        server.stop()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     text, ok = table(samples, args.first, settle_s, files_before)

@@ -1,4 +1,5 @@
-"""ComfyUI node wrappers: schema, tooltips and host glue. The math lives in ``psg_core``."""
+"""ComfyUI node wrappers: schema, tooltips and host glue. The math lives in ``psg_core`` (the method)
+and ``psg_eval`` (evaluation)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ on another worker when there is one; deterministic ones are recorded once; a wor
 answering gives its item back without spending an attempt and is re-checked every
 ``recheck_s`` until it answers (and passes its preflight) again.
 
-Results schema (``psg-edit-batch/1``; read by ``psg_core/report.py``): paths are relative to
+Results schema (``psg-edit-batch/1``; read by ``report.py``): paths are relative to
 the results file's folder.
 ``{"schema", "dataset", "workflow", "settings": {...}, "updated", "summary": {...},
 "items": [{"id", "type", "image", "source", "target", "mask", "mask_box", "status":
@@ -75,7 +75,8 @@ def preflight(backend: Backend, template: dict[str, Any], request: EditRequest) 
     workflow.check_values(prompt, info, backend.label)
 
 
-def loaders_prompt(template: dict[str, Any], request: EditRequest, info: dict[str, Any]) -> workflow.Prompt | None:
+def loaders_prompt(template: dict[str, Any], request: EditRequest,
+                   info: dict[str, Any]) -> workflow.Prompt | None:
     """The workflow's model loaders (checkpoint, guidance VAE, LPIPS, ...) each feeding a
     ``PreviewAny``: running it loads every model file once, so a missing LPIPS or TAESD file
     fails the worker up front instead of every item. None when the host has no PreviewAny."""
@@ -84,7 +85,8 @@ def loaders_prompt(template: dict[str, Any], request: EditRequest, info: dict[st
     prompt = workflow.fill(template, image="preflight.png", source="", target="", ckpt=request.ckpt,
                            seed=request.seed, guidance_vae=request.guidance_vae)
     workflow.apply_sets(prompt, info, request.sets)
-    wanted = set(workflow.find_role(prompt, roles.CHECKPOINT)) | set(workflow.find_role(prompt, roles.GUIDANCE_VAE))
+    wanted = (set(workflow.find_role(prompt, roles.CHECKPOINT))
+              | set(workflow.find_role(prompt, roles.GUIDANCE_VAE)))
     loaders = [nid for nid, node in prompt.items()
                if not any(workflow.is_link(v) for v in node["inputs"].values())
                and (nid in wanted or node["class_type"].endswith(LOADER_SUFFIXES))
@@ -228,8 +230,8 @@ class BatchRun:
         self._snapshot_cost = 0.0
         self.results: dict[str, Any] = {
             "schema": SCHEMA, "dataset": str(dataset.resolve()), "workflow": settings.get("workflow"),
-            "settings": {**settings, "pack_version": pack_version()}, "journal": _rel(self.journal_path, self.base),
-            "updated": None, "summary": {}, "items": []}
+            "settings": {**settings, "pack_version": pack_version()},
+            "journal": _rel(self.journal_path, self.base), "updated": None, "summary": {}, "items": []}
 
     # -- records ------------------------------------------------------------------------------
     def _base_record(self, item: BatchItem) -> dict[str, Any]:
@@ -248,7 +250,8 @@ class BatchRun:
             if out.get(k):
                 out[k] = _rel(self.out_dir / out[k], self.base)
         if out.get("outputs"):
-            out["outputs"] = {t: [_rel(self.out_dir / f, self.base) for f in fs] for t, fs in out["outputs"].items()}
+            out["outputs"] = {t: [_rel(self.out_dir / f, self.base) for f in fs]
+                              for t, fs in out["outputs"].items()}
         return out
 
     def plan(self) -> None:
@@ -257,10 +260,11 @@ class BatchRun:
         req = self.request
         for item_id in self.order:
             it = self.items[item_id].request
-            self.keys[item_id] = item_key(photo=it.image, mask=it.mask, mask_box=it.mask_box, source=it.source,
-                                          target=it.target, template=self.template, ckpt=req.ckpt, seed=req.seed,
-                                          guidance_vae=req.guidance_vae, sets=req.sets,
-                                          working_size=req.working_size, output_size=req.output_size)
+            self.keys[item_id] = item_key(photo=it.image, mask=it.mask, mask_box=it.mask_box,
+                                          source=it.source, target=it.target, template=self.template,
+                                          ckpt=req.ckpt, seed=req.seed, guidance_vae=req.guidance_vae,
+                                          sets=req.sets, working_size=req.working_size,
+                                          output_size=req.output_size)
         latest = latest_by_key(self.journal_path)
         for item_id in self.order:
             entry = latest.get((item_id, self.keys[item_id]))
@@ -425,8 +429,8 @@ class BatchRun:
                 return
             if kind is FailureKind.TRANSIENT and number <= self.retries:
                 delay = backoff_s(number, self.backoff)
-                self.journal.append(task.item_id, key, "retry", kind=kind.value, error=message, attempt=number,
-                                    worker=worker.label)
+                self.journal.append(task.item_id, key, "retry", kind=kind.value, error=message,
+                                    attempt=number, worker=worker.label)
                 self._say(f"{task.item_id}: attempt {number} failed on {worker.label}: {message}; "
                           f"retrying in {delay:g} s")
                 self._give_back(Task(task.item_id, number, time.monotonic() + delay, avoid=worker.label))
@@ -474,7 +478,8 @@ class BatchRun:
         failed = [e for e in errors if e is not None]
         for err in failed if passed else failed[1:]:  # with no worker left, the first one is the error
             if isinstance(err, UnreachableError):
-                self._say(f"psg: warning: {err} Continuing without it (re-checked every {self.recheck_s:g} s).")
+                self._say(f"psg: warning: {err} Continuing without it "
+                          f"(re-checked every {self.recheck_s:g} s).")
             else:
                 self._say(f"psg: warning: {err}; continuing without it")
         if not passed:

@@ -56,8 +56,8 @@ def auth_headers(token: str | None = None, basic_auth: str | None = None, header
     token = token if token is not None else env.get(TOKEN_ENV) or None
     basic_auth = basic_auth if basic_auth is not None else env.get(BASIC_AUTH_ENV) or None
     if token and basic_auth:
-        raise CliError(f"give a token (--token / {TOKEN_ENV}) or basic auth (--basic-auth / {BASIC_AUTH_ENV}), "
-                       f"not both: both would be the Authorization header")
+        raise CliError(f"give a token (--token / {TOKEN_ENV}) or basic auth "
+                       f"(--basic-auth / {BASIC_AUTH_ENV}), not both: both would be the Authorization header")
     out: dict[str, str] = {}
     if token:
         out["Authorization"] = f"Bearer {token.strip()}"

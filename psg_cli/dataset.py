@@ -116,7 +116,8 @@ def load_dataset(path: Path, inputs_dir: Path, image_root: Path | None = None) -
             image_path = root / image_path
         if not image_path.is_file():
             inputs_dir.mkdir(parents=True, exist_ok=True)
-            exported = _skimage_image(str(image), rec.get("loader"), inputs_dir / f"{safe_stem(str(image))}.png")
+            exported = _skimage_image(str(image), rec.get("loader"),
+                                      inputs_dir / f"{safe_stem(str(image))}.png")
             if exported is None:
                 raise CliError(f"{where}: image not found: {image_path}")
             image_path = exported

@@ -84,7 +84,8 @@ def _slug(text: str) -> str:
 
 def _edited_nodes(prompt: workflow.Prompt, outputs: dict[str, Any]) -> list[str]:
     with_images = [nid for nid in outputs if outputs[nid].get("images")]
-    titled = [nid for nid in with_images if workflow.title_of(prompt, nid).lower() == roles.EDITED.title.lower()]
+    edited_title = roles.EDITED.title.lower()
+    titled = [nid for nid in with_images if workflow.title_of(prompt, nid).lower() == edited_title]
     if titled:
         return titled
     saved = [nid for nid in with_images if prompt.get(nid, {}).get("class_type") == "SaveImage"]
@@ -118,7 +119,8 @@ WORKFLOW_SIZED = "workflow"
 FIT_IMAGE = "PSGFitImage"
 FIT_UI_KEY = "psg_fit"
 """Where PSG Fit Image reports the photo's and the working size in a prompt's history."""
-FIT_OUTPUT_SIZE = {photo.OutputSize.ORIGINAL.value: "photo size", photo.OutputSize.WORKING.value: "working size"}
+FIT_OUTPUT_SIZE = {photo.OutputSize.ORIGINAL.value: "photo size",
+                   photo.OutputSize.WORKING.value: "working size"}
 """The client's --output-size as PSG Fit Image's output_size option."""
 
 
@@ -134,8 +136,9 @@ def client_side_size(req: EditRequest, prompt: workflow.Prompt) -> tuple[int | N
         return None, f"resized in the workflow by {workflow.describe_node(prompt, resizer)}"
     if resizer is not None:
         if req.working_size is not None:
-            raise CliError(f"this workflow resizes the photo itself ({workflow.describe_node(prompt, resizer)}): "
-                           f"change that size with --set '{resizer}.INPUT=VALUE', not --working-size")
+            raise CliError(f"this workflow resizes the photo itself "
+                           f"({workflow.describe_node(prompt, resizer)}): change that size with "
+                           f"--set '{resizer}.INPUT=VALUE', not --working-size")
         return None, f"resized in the workflow by {workflow.describe_node(prompt, resizer)}"
     if req.working_size is not None:
         if req.working_size == 0:
@@ -179,7 +182,8 @@ def describe_sizes(record: dict[str, Any]) -> str:
     changes = f" ({'; '.join(sizes['photo_changes'])})" if sizes["photo_changes"] else ""
     if sizes["output_size"] == WORKFLOW_SIZED:
         worked = f"model worked at {sizes['working']} " if sizes["working"] else ""
-        return f"photo {sizes['photo']}{changes}; {worked}({sizes['working_rule']}); saved at {sizes['saved']}"
+        return (f"photo {sizes['photo']}{changes}; {worked}({sizes['working_rule']}); "
+                f"saved at {sizes['saved']}")
     return (f"photo {sizes['photo']}{changes}; model worked at {sizes['working']} ({sizes['working_rule']}); "
             f"saved at {sizes['saved']} (--output-size {sizes['output_size']})")
 
@@ -206,11 +210,13 @@ def build_prompt(backend: Backend, req: EditRequest, stem: str, template: workfl
         prepared = sizing.prepared
         workflow.set_role(prompt, roles.PHOTO, upload(backend, prepared.path))
         if mask_path is None and req.mask_box is not None:
-            mask_path = mask_from_box(prepared.path, req.mask_box, Path(tmp) / f"{req.image.stem}_box_mask.png")
+            mask_path = mask_from_box(prepared.path, req.mask_box,
+                                      Path(tmp) / f"{req.image.stem}_box_mask.png")
         if mask_path is not None:
             if not mask_path.is_file():
                 raise CliError(f"mask not found: {mask_path}")
-            mask_path = photo.prepare_mask(mask_path, Path(tmp) / f"{req.image.stem}_mask.png", prepared.upload_size)
+            mask_path = photo.prepare_mask(mask_path, Path(tmp) / f"{req.image.stem}_mask.png",
+                                           prepared.upload_size)
             workflow.add_mask(prompt, info, upload(backend, mask_path))
     workflow.set_output_prefix(prompt, f"psg/{stem}-{uuid.uuid4().hex[:8]}")
     applied = workflow.apply_sets(prompt, info, req.sets)

@@ -27,3 +27,13 @@ class ExecutionFailed(RetryableError):
 
 class EditTimeout(RetryableError):
     """No result within ``--timeout``; the prompt was interrupted and taken off the queue."""
+
+
+class PromptRejected(CliError):
+    """ComfyUI refused the workflow before running it (its validation); ``error`` and
+    ``node_errors`` are ComfyUI's own payload, as /prompt answers with HTTP 400."""
+
+    def __init__(self, message: str, error: dict, node_errors: dict) -> None:
+        super().__init__(message)
+        self.error = error
+        self.node_errors = node_errors

@@ -4,7 +4,8 @@ Why append-only: a killed client loses at most the line it was writing (a torn l
 skipped on reading), nothing already written is rewritten, and the cost per item stays the
 same at 10,000 items. Why keyed: an item's ``key`` hashes everything that changes its result
 (photo and mask bytes, prompts, the workflow graph, checkpoint, every ``--set``, guidance VAE,
-seed, photo working and output size, this pack's version), so a resumed run reuses a result only when it would be the same.
+seed, photo working and output size, this pack's version), so a resumed run reuses a result
+only when it would be the same.
 
 One line per event, ``{"t", "id", "key", "state", ...}``:
 

@@ -22,7 +22,8 @@ def _box(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError("expected x0,y0,x1,y1 as fractions, e.g. 0.2,0.25,0.8,0.55") from None
+        raise argparse.ArgumentTypeError(
+            "expected x0,y0,x1,y1 as fractions, e.g. 0.2,0.25,0.8,0.55") from None
     if len(values) != 4:
         raise argparse.ArgumentTypeError("expected four numbers x0,y0,x1,y1")
     return values
@@ -42,7 +43,8 @@ def _working_size(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected a whole number of pixels, e.g. 512 (0 keeps the photo's size)") from None
+        raise argparse.ArgumentTypeError(
+            "expected a whole number of pixels, e.g. 512 (0 keeps the photo's size)") from None
     if value != 0 and value < 64:
         raise argparse.ArgumentTypeError("expected at least 64 px (or 0 to keep the photo's size)")
     return value
@@ -55,44 +57,52 @@ def _add_common(p: argparse.ArgumentParser, many_servers: bool) -> None:
                        help="ComfyUI server URL" + (" (repeat to share the work, e.g. one per GPU)"
                                                      if many_servers else ""))
     where.add_argument("--token", metavar="TOKEN",
-                       help=f"send 'Authorization: Bearer TOKEN' (server behind a proxy; or set ${connection.TOKEN_ENV})")
+                       help=f"send 'Authorization: Bearer TOKEN' (server behind a proxy; "
+                            f"or set ${connection.TOKEN_ENV})")
     where.add_argument("--basic-auth", metavar="USER:PASSWORD",
-                       help=f"HTTP basic auth (or set ${connection.BASIC_AUTH_ENV}, or use http://USER:PASSWORD@host)")
+                       help=f"HTTP basic auth (or set ${connection.BASIC_AUTH_ENV}, "
+                            f"or use http://USER:PASSWORD@host)")
     where.add_argument("--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'",
                        help="extra header on every request and the websocket (repeatable)")
     where.add_argument("--comfy-root", type=Path, metavar="DIR",
                        help="run ComfyUI's executor in this process from this ComfyUI folder (no server)")
     where.add_argument("--base-directory", type=Path, metavar="DIR",
-                       help="with --comfy-root: ComfyUI's --base-directory (models, custom_nodes, input, output)")
+                       help="with --comfy-root: ComfyUI's --base-directory "
+                            "(models, custom_nodes, input, output)")
     where.add_argument("--cpu", action="store_true", help="with --comfy-root: force CPU")
     p.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME",
-                   help=f"API workflow: a name from example_workflows/api/ or a file (default {DEFAULT_WORKFLOW}); "
-                        f"`python -m psg_cli workflows` lists them")
+                   help=f"API workflow: a name from example_workflows/api/ or a file "
+                        f"(default {DEFAULT_WORKFLOW}); `python -m psg_cli workflows` lists them")
     p.add_argument("--ckpt", metavar="NAME",
-                   help=f"checkpoint file name as ComfyUI lists it (workflow default: {roles.DEFAULT_CHECKPOINT})")
+                   help=f"checkpoint file name as ComfyUI lists it "
+                        f"(workflow default: {roles.DEFAULT_CHECKPOINT})")
     p.add_argument("--guidance-vae", metavar="NAME",
-                   help="VAELoader name for the workflow's 'Guidance VAE' node (the LPIPS gradient's decoder, "
-                        "e.g. taesd, taesdxl; files in models/vae_approx), or 'none' to decode the guidance "
-                        "with the model's own VAE (default: as in the workflow)")
+                   help="VAELoader name for the workflow's 'Guidance VAE' node (the LPIPS gradient's "
+                        "decoder, e.g. taesd, taesdxl; files in models/vae_approx), or 'none' to decode "
+                        "the guidance with the model's own VAE (default: as in the workflow)")
     p.add_argument("--seed", type=int, metavar="N", help="seed for every seed input of the workflow")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override any node input; NODE is a node id or title (repeatable)")
-    p2p = p.add_argument_group("prompt-to-prompt (the psg_p2p workflow unless --workflow names another with a "
-                               "PSG Prompt-to-Prompt node)")
+    p2p = p.add_argument_group("prompt-to-prompt (the psg_p2p workflow unless --workflow names another "
+                               "with a PSG Prompt-to-Prompt node)")
     p2p.add_argument("--p2p", choices=roles.P2P_MODES,
-                     help="attention control: replace (word swap), refine (added words), reweight (--reweight words)")
-    p2p.add_argument("--reweight", metavar="WORDS", help="edit-prompt words to scale, e.g. 'tiger:2, striped:0.5'")
+                     help="attention control: replace (word swap), refine (added words), "
+                          "reweight (--reweight words)")
+    p2p.add_argument("--reweight", metavar="WORDS",
+                     help="edit-prompt words to scale, e.g. 'tiger:2, striped:0.5'")
     p2p.add_argument("--blend", metavar="WORDS", help="words naming the edited object in either prompt, e.g. "
                                                       "'cat, tiger': LocalBlend and the attention mask")
     size = p.add_argument_group("photo size")
     size.add_argument("--working-size", type=_working_size, metavar="PX",
-                      help=f"scale the photo down to this long side before the edit (default: the model family's, "
-                           f"{roles.DEFAULT_WORKING_SIZE} for SD1.x/SD2.x, 1024 for SDXL/SD3/Flux; 0 keeps the "
-                           f"photo's size); not for workflows that resize the photo themselves")
+                      help=f"scale the photo down to this long side before the edit (default: the model "
+                           f"family's, {roles.DEFAULT_WORKING_SIZE} for SD1.x/SD2.x, 1024 for SDXL/SD3/Flux; "
+                           f"0 keeps the photo's size); not for workflows that resize the photo themselves")
     size.add_argument("--output-size", choices=[o.value for o in photo.OutputSize],
                       default=photo.OutputSize.ORIGINAL.value,
-                      help="save the edit at the photo's own size (default) or at the size the model worked at")
-    p.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up on one edit after S seconds")
+                      help="save the edit at the photo's own size (default) or at the size the model "
+                           "worked at")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                   help="give up on one edit after S seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="log details (and ComfyUI's log in-process)")
 
@@ -119,15 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("edit", help="edit one photo",
-                       description="Upload IMAGE, run the edit workflow, write OUT/NAME.png and OUT/NAME.json.")
+                       description="Upload IMAGE, run the edit workflow, write OUT/NAME.png and "
+                                   "OUT/NAME.json.")
     p.add_argument("image", type=Path, metavar="IMAGE")
     p.add_argument("--source", required=True, help="caption of the photo as it is")
     p.add_argument("--target", required=True, help="caption of the photo as you want it")
     mask = p.add_mutually_exclusive_group()
-    mask.add_argument("--mask", type=Path, metavar="M", help="grey mask image, white = region allowed to change")
+    mask.add_argument("--mask", type=Path, metavar="M",
+                      help="grey mask image, white = region allowed to change")
     mask.add_argument("--mask-box", type=_box, metavar="X0,Y0,X1,Y1",
                       help="rectangular mask as fractions of width/height (inside = allowed to change)")
-    p.add_argument("--out", type=Path, default=Path("edits"), metavar="DIR", help="output folder (default edits/)")
+    p.add_argument("--out", type=Path, default=Path("edits"), metavar="DIR",
+                   help="output folder (default edits/)")
     p.add_argument("--name", metavar="STEM", help="output file stem (default: IMAGE's stem + _edit)")
     _add_common(p, many_servers=False)
 
@@ -135,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Records need image, source, target, optional mask / mask_box "
                                    "(PIE-Bench mapping files work too). Rerun to resume.")
     b.add_argument("dataset", type=Path, metavar="DATASET.json")
-    b.add_argument("--out", type=Path, default=Path("edits"), metavar="DIR", help="output folder (default edits/)")
+    b.add_argument("--out", type=Path, default=Path("edits"), metavar="DIR",
+                   help="output folder (default edits/)")
     b.add_argument("--results", type=Path, metavar="FILE", help="results JSON (default OUT/results.json)")
     b.add_argument("--image-root", type=Path, metavar="DIR", help="resolve relative image paths here")
     b.add_argument("--retries", type=int, default=1, metavar="N",
@@ -238,7 +252,8 @@ def workers(args: argparse.Namespace) -> list[Worker]:
     if args.server:
         raise CliError("use either --server or --ray (Ray actors run ComfyUI in-process: give --comfy-root)")
     if not args.comfy_root:
-        raise CliError("--ray needs --comfy-root: the ComfyUI folder on every Ray node (same path everywhere)")
+        raise CliError("--ray needs --comfy-root: the ComfyUI folder on every Ray node "
+                       "(same path everywhere)")
     try:
         from .ray_backend import RaySettings, start_workers
     except ImportError as err:
@@ -274,8 +289,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
             raise CliError(f"--shard {index}/{count}: the dataset has fewer than {index} items")
     req = _request(args, image=Path(), source="", target="")
     batch_workers = workers(args)
-    settings = {"workflow": args.workflow, "ckpt": args.ckpt, "guidance_vae": args.guidance_vae, "seed": args.seed,
-                "sets": args.sets, "retries": args.retries, "workers": [w.label for w in batch_workers],
+    settings = {"workflow": args.workflow, "ckpt": args.ckpt, "guidance_vae": args.guidance_vae,
+                "seed": args.seed, "sets": args.sets, "retries": args.retries,
+                "workers": [w.label for w in batch_workers],
                 "shard": list(args.shard) if args.shard else None}
     run = BatchRun(items, out, results, args.dataset, template, req, settings, retries=args.retries,
                    journal_path=journal, backoff_s=args.backoff, recheck_s=args.recheck,

@@ -80,7 +80,8 @@ def working_size_for(prompt: dict[str, Any], workflow_name: str) -> tuple[int, s
 def graph_resizes(prompt: dict[str, Any], photo_ids: list[str]) -> str | None:
     """Id of a node that resizes the Photo inside the workflow, or None."""
     for nid, node in prompt.items():
-        if node.get("class_type") not in RESIZE_CLASSES and "resize" not in node.get("class_type", "").lower():
+        class_type = node.get("class_type", "")
+        if class_type not in RESIZE_CLASSES and "resize" not in class_type.lower():
             continue
         for value in node.get("inputs", {}).values():
             if isinstance(value, list) and len(value) == 2 and str(value[0]) in photo_ids:
@@ -93,7 +94,8 @@ def fit_size(size: tuple[int, int], max_side: int | None, multiple: int = LATENT
     below :data:`MIN_SIDE`), then round each side to the nearest multiple of ``multiple``."""
     w, h = size
     scale = min(1.0, max(max_side / max(w, h), MIN_SIDE / min(w, h))) if max_side else 1.0
-    return tuple(max(multiple, int(round(v * scale / multiple)) * multiple) for v in (w, h))  # type: ignore[return-value]
+    sides = (max(multiple, int(round(v * scale / multiple)) * multiple) for v in (w, h))
+    return tuple(sides)  # type: ignore[return-value]
 
 
 def _open(path: Path) -> Any:
@@ -105,7 +107,8 @@ def _open(path: Path) -> Any:
     except FileNotFoundError:
         raise CliError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise CliError(f"cannot read {path} as an image ({err}); give a PNG, JPEG, WebP or TIFF photo") from None
+        raise CliError(f"cannot read {path} as an image ({err}); "
+                       f"give a PNG, JPEG, WebP or TIFF photo") from None
     return img
 
 
@@ -125,7 +128,8 @@ def to_rgb8(img: Any, changes: list[str]) -> Any:
         top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
         if mode == "F" and array.max() <= 1.0:
             top = 1.0
-        img = Image.fromarray(np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+        grey = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
+        img = Image.fromarray(grey, "L").convert("RGB")
         changes.append(f"{'16-bit' if top == 65535.0 else mode} greyscale -> 8-bit RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")

@@ -79,7 +79,8 @@ class EditActor:
             self.boot_error = f"cannot start ComfyUI on this Ray node: {err}"
         self.scratch = Path(tempfile.mkdtemp(prefix="psg_ray_"))
         gpus = ray.get_gpu_ids()
-        self.where = f"{ray.util.get_node_ip_address()}" + (f" GPU {','.join(map(str, gpus))}" if gpus else " CPU")
+        device = f" GPU {','.join(map(str, gpus))}" if gpus else " CPU"
+        self.where = f"{ray.util.get_node_ip_address()}{device}"
 
     def ping(self) -> str:
         return self.where
@@ -139,8 +140,8 @@ class RayWorker:
             raise EditTimeout(f"no result from {self.label} after {self.timeout:.0f} s: interrupted it "
                               f"(raise --timeout?)") from None
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
-            raise UnreachableError(f"{self.label} is gone ({type(err).__name__}: "
-                                   f"{str(err).strip().splitlines()[-1][:300] if str(err).strip() else ''})") from None
+            last_line = str(err).strip().splitlines()[-1][:300] if str(err).strip() else ""
+            raise UnreachableError(f"{self.label} is gone ({type(err).__name__}: {last_line})") from None
 
     @staticmethod
     def _raise(answer: dict[str, Any]) -> None:
@@ -156,8 +157,8 @@ class RayWorker:
 
     def edit(self, request: EditRequest, out_dir: Path, stem: str, template: dict[str, Any],
              on_queued: QueuedHook) -> dict[str, Any]:
-        payload = {"request": _request_fields(request), "stem": stem, "template": template, "label": self.label,
-                   "photo_name": request.image.name, "photo": request.image.read_bytes()}
+        payload = {"request": _request_fields(request), "stem": stem, "template": template,
+                   "label": self.label, "photo_name": request.image.name, "photo": request.image.read_bytes()}
         if request.mask is not None:
             payload.update(mask_name=request.mask.name, mask=request.mask.read_bytes())
         answer = self._get(self.actor.edit.remote(payload), self.timeout + TIMEOUT_MARGIN_S)

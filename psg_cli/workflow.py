@@ -71,7 +71,8 @@ def find_role(prompt: Prompt, role: roles.Role) -> list[str]:
 
 
 def is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+    return (isinstance(value, list) and len(value) == 2
+            and isinstance(value[0], str) and isinstance(value[1], int))
 
 
 def set_role(prompt: Prompt, role: roles.Role, value: Any) -> list[str]:
@@ -274,7 +275,8 @@ def describe_rejection(response: dict[str, Any], prompt: Prompt) -> str:
             if err.get("type") == "custom_validation_failed" and " - " in detail:
                 # ComfyUI repeats a node's validate_inputs message once per input it checked
                 detail = detail.split(" - ", 1)[1]
-            line = f"  {describe_node(prompt, nid)}: {err.get('message', '?')}" + (f": {detail}" if detail else "")
+            line = f"  {describe_node(prompt, nid)}: {err.get('message', '?')}"
+            line += f": {detail}" if detail else ""
             if line not in lines:
                 lines.append(line)
     return "\n".join(lines)
@@ -302,8 +304,8 @@ def set_guidance_vae(prompt: Prompt, name: str) -> list[str]:
     so the perceptual gradient decodes through the model's own VAE."""
     ids = find_role(prompt, roles.GUIDANCE_VAE)
     if not ids:
-        raise CliError(f"--guidance-vae given but the workflow has no node titled '{roles.GUIDANCE_VAE.title}' "
-                       f"(a VAELoader feeding guidance_vae)")
+        raise CliError(f"--guidance-vae given but the workflow has no node titled "
+                       f"'{roles.GUIDANCE_VAE.title}' (a VAELoader feeding guidance_vae)")
     if name.lower() == roles.NO_GUIDANCE_VAE:
         remove_nodes(prompt, ids)
         return []

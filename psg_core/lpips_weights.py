@@ -25,7 +25,6 @@ BACKBONE_FILES: dict[str, str] = {
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
 DOWNLOAD_ROOT = "https://download.pytorch.org/models/"
-COMFY_FOLDER = "ComfyUI/models/lpips"
 
 
 def backbone_url(net: str) -> str:
@@ -52,13 +51,14 @@ def find_backbone(net: str, search_dirs: Iterable[str | os.PathLike] = ()) -> tu
 
 
 def load_lpips(net: str = "alex", search_dirs: Iterable[str | os.PathLike] = (), *,
-               allow_download: bool = False) -> lpips.LPIPS:
+               allow_download: bool = False, home: str | None = None) -> lpips.LPIPS:
     """LPIPS (v0.1 linear heads) with its backbone read from disk: eval mode, frozen, on CPU.
 
     Looks in ``search_dirs`` in order, then torch hub's checkpoint cache. With
     ``allow_download`` a missing file is fetched into the first search folder (or the hub
     cache); otherwise a ``FileNotFoundError`` says which file, where it was looked for, where
-    to download it and where to put it.
+    to download it and where to put it: ``home`` (the caller's usual folder for it, e.g. ComfyUI's
+    model folder) or any folder searched.
     """
     filename = _filename(net)
     path, folders = find_backbone(net, search_dirs)
@@ -67,8 +67,9 @@ def load_lpips(net: str = "alex", search_dirs: Iterable[str | os.PathLike] = (),
             searched = "\n".join(f"  - {f}" for f in folders)
             raise FileNotFoundError(
                 f"LPIPS-{net} needs its backbone weights '{filename}', which were not found in:\n{searched}\n"
-                f"Download {backbone_url(net)} and put it in {COMFY_FOLDER} "
-                f"(or any folder listed above); nothing is downloaded automatically."
+                f"Download {backbone_url(net)} and put it in "
+                + (f"{home} (or any folder listed above)" if home else "one of the folders listed above")
+                + "; nothing is downloaded automatically."
             )
         state = _download(net, folders[0])
     else:

@@ -1,10 +1,11 @@
-"""PIE-Bench evaluation with PnPInversion's conventions, beside this pack's own metrics.
+"""Evaluation of edits, beside the method (``psg_core``): image metrics (MSE, PSNR, SSIM, LPIPS,
+whole image and background only), CLIPScore, DINO structure distance, pictures (comparison grids,
+loss plots), the batch report, and PIE-Bench scoring with PnPInversion's conventions
+(``python -m psg_eval``, see ``evaluate.py``).
 
-``python -m psg_eval`` reads a PIE-Bench folder (``mapping_file.json`` + ``annotation_images/``)
-and edited images laid out as ``OUTPUT/<method>/annotation_images/<image_path>`` (what
-``benchmarks/pie_bench.py`` writes, and what PnPInversion's ``evaluation/evaluate.py`` reads),
-and prints the PnPInversion paper's table overall and per editing type.
-
-Evaluation only: the nodes never import this package, and it never imports ComfyUI. Its
-extra dependencies are the ``eval`` extra of ``pyproject.toml``.
+The evaluation nodes (``nodes/image_metrics_nodes.py``, ``clip_score_nodes.py``, ``plot_nodes.py``)
+call it through ``nodes/pipelines/metrics.py``; it never imports ComfyUI, the nodes or the CLI, and takes
+its few ``psg_core`` pieces (mask normalisation, offline LPIPS weights) through ``core.py``. Its
+inputs are plain tensors, image files and :class:`psg_eval.report.ReportItem`, never a client's
+file format. PIE-Bench's extra dependencies are the ``eval`` extra of ``pyproject.toml``.
 """

@@ -96,8 +96,8 @@ class DinoViT(nn.Module):
         x = self.patch_embed.proj(pixels).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if x.shape[1] != self.pos_embed.shape[1]:
-            raise ValueError(f"structure distance: {x.shape[1] - 1} patches but the DINO model was trained on "
-                             f"{self.pos_embed.shape[1] - 1}; PIE-Bench images are square (512x512).")
+            raise ValueError(f"structure distance: {x.shape[1] - 1} patches but the DINO model was trained "
+                             f"on {self.pos_embed.shape[1] - 1}; PIE-Bench images are square (512x512).")
         x = x + self.pos_embed
         for block in self.blocks[:-1]:
             x = block(x)
@@ -117,7 +117,8 @@ _HF_QKV = (("attention.attention.query", "attention.attention.key", "attention.a
 
 
 def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A transformers ViT state dict (e.g. a saved ``facebook/dino-vitb8``) in DINO's names (q, k, v fused)."""
+    """A transformers ViT state dict (e.g. a saved ``facebook/dino-vitb8``) in DINO's names (q, k, v
+    fused)."""
     state = {k.removeprefix("vit."): v for k, v in state.items()}
     out = {"cls_token": state["embeddings.cls_token"], "pos_embed": state["embeddings.position_embeddings"],
            "patch_embed.proj.weight": state["embeddings.patch_embeddings.projection.weight"],

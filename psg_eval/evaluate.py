@@ -32,7 +32,7 @@ import numpy as np
 
 from . import models as model_files
 from . import pie_bench as pie
-from .metrics import METRIC_SETS, PACK_METRICS, PNP_ALL, EditPair, needs, score
+from .pie_metrics import METRIC_SETS, PACK_METRICS, PNP_ALL, EditPair, needs, score
 
 logger = logging.getLogger("psg_eval")
 OVERALL = "overall"
@@ -87,11 +87,13 @@ def runner_seconds(output_root: Path, method: str) -> dict[str, float]:
         logger.warning("ignoring unreadable %s", path)
         return {}
     return {str(r["id"]): float(r["elapsed_s"]) for r in items
-            if isinstance(r, dict) and r.get("status") == "ok" and isinstance(r.get("elapsed_s"), (int, float))}
+            if isinstance(r, dict) and r.get("status") == "ok"
+            and isinstance(r.get("elapsed_s"), (int, float))}
 
 
 def evaluate(data_dir: Path, output_root: Path, methods: list[str], metric_names: list[str], models,
-             types: list[str] | None = None, limit: int | None = None) -> tuple[list[pie.PieItem], list[MethodResult]]:
+             types: list[str] | None = None,
+             limit: int | None = None) -> tuple[list[pie.PieItem], list[MethodResult]]:
     """Score every (method, item) pair whose edited image exists."""
     items = pie.load_mapping(data_dir, types)[:limit]
     results = [MethodResult(m, seconds=runner_seconds(output_root, m)) for m in methods]
@@ -99,8 +101,9 @@ def evaluate(data_dir: Path, output_root: Path, methods: list[str], metric_names
         photo = pie.read_rgb(pie.photo_path(data_dir, item))
         mask = pie.decode_mask(item.rle)
         if photo.shape[:2] != mask.shape:
-            raise ValueError(f"{item.key}: photo {pie.photo_path(data_dir, item)} is {photo.shape[1]}x{photo.shape[0]}, "
-                             f"PIE-Bench photos and masks are {pie.PIE_SIZE}x{pie.PIE_SIZE}.")
+            raise ValueError(f"{item.key}: photo {pie.photo_path(data_dir, item)} is "
+                             f"{photo.shape[1]}x{photo.shape[0]}, PIE-Bench photos and masks are "
+                             f"{pie.PIE_SIZE}x{pie.PIE_SIZE}.")
         for result in results:
             path = pie.edited_path(output_root, result.method, item)
             if not path.is_file():
@@ -108,8 +111,9 @@ def evaluate(data_dir: Path, output_root: Path, methods: list[str], metric_names
                 continue
             edit = pie.read_edit(path)
             if edit.shape != photo.shape:
-                raise ValueError(f"{path}: the edit is {edit.shape[1]}x{edit.shape[0]} after cropping, the photo "
-                                 f"{photo.shape[1]}x{photo.shape[0]}; write the edit at the photo's size.")
+                raise ValueError(f"{path}: the edit is {edit.shape[1]}x{edit.shape[0]} after cropping, "
+                                 f"the photo {photo.shape[1]}x{photo.shape[0]}; write the edit at the "
+                                 "photo's size.")
             pair = EditPair(photo, edit, mask, pie.strip_brackets(item.source_prompt),
                             pie.strip_brackets(item.target_prompt))
             result.values[item.key] = score(pair, models, metric_names)
@@ -126,7 +130,8 @@ def groups(items: list[pie.PieItem]) -> dict[str, list[str]]:
     """'overall' and every editing type present -> the keys in it."""
     out = {OVERALL: [it.key for it in items]}
     for type_id in sorted({it.editing_type for it in items}, key=lambda t: (len(t), t)):
-        out[pie.EDITING_TYPES.get(type_id, f"type {type_id}")] = [it.key for it in items if it.editing_type == type_id]
+        name = pie.EDITING_TYPES.get(type_id, f"type {type_id}")
+        out[name] = [it.key for it in items if it.editing_type == type_id]
     return out
 
 
@@ -142,8 +147,9 @@ def summarise(items: list[pie.PieItem], results: list[MethodResult],
     for group, keys in groups(items).items():
         for r in results:
             scored = [k for k in keys if k in r.values]
+            seconds = _mean([r.seconds[k] for k in scored if k in r.seconds])
             row: dict[str, object] = {"method": r.method, "group": group, "n": len(scored),
-                                      "seconds_per_edit": _mean([r.seconds[k] for k in scored if k in r.seconds])}
+                                      "seconds_per_edit": seconds}
             for name in metric_names:
                 row[name] = _mean([r.values[k][name] for k in scored])
             rows.append(row)
@@ -167,8 +173,8 @@ def markdown(rows: list[dict[str, object]], metric_names: list[str]) -> str:
         lines = [f"### {group}", "", header, rule]
         for r in (r for r in rows if r["group"] == group):
             cells = [_cell(r[m], scale, fmt) for m, _, scale, fmt in columns]
-            lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {_cell(r['seconds_per_edit'], 1, '{:.1f}')}"
-                         f" | {r['n']} |")
+            seconds = _cell(r["seconds_per_edit"], 1, "{:.1f}")
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {seconds} | {r['n']} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -200,22 +206,29 @@ def repr_value(value: float | None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m psg_eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="PIE-Bench data folder (mapping_file.json, annotation_images/)")
-    p.add_argument("--output", type=Path, default=Path("output"), help="folder of <method>/annotation_images/ (default output)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="PIE-Bench data folder (mapping_file.json, annotation_images/)")
+    p.add_argument("--output", type=Path, default=Path("output"),
+                   help="folder of <method>/annotation_images/ (default output)")
     p.add_argument("--methods", nargs="+", help="method folders to score (default: every one in --output)")
     p.add_argument("--metrics", nargs="+", default=["pnp"],
-                   help=f"metric sets ({', '.join(METRIC_SETS)}) or names: {', '.join(PNP_ALL + PACK_METRICS)}")
+                   help=f"metric sets ({', '.join(METRIC_SETS)}) or names: "
+                        f"{', '.join(PNP_ALL + PACK_METRICS)}")
     p.add_argument("--types", nargs="+", help="editing type ids 0-9 (default all)")
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument("--models", type=Path, default=Path("models"),
-                   help="models folder (e.g. ComfyUI/models): lpips/, dino/, clip_score/clip-vit-large-patch14/")
-    p.add_argument("--lpips-dir", type=Path, help="folder with squeezenet1_1-b8a52dc0.pth (and alexnet for 'pack')")
+                   help="models folder (e.g. ComfyUI/models): lpips/, dino/, "
+                        "clip_score/clip-vit-large-patch14/")
+    p.add_argument("--lpips-dir", type=Path,
+                   help="folder with squeezenet1_1-b8a52dc0.pth (and alexnet for 'pack')")
     p.add_argument("--dino", type=Path, help="dino_vitbase8_pretrain.pth or its folder")
     p.add_argument("--clip", type=Path, help="transformers folder of openai/clip-vit-large-patch14")
     p.add_argument("--dino-antialias", action="store_true",
-                   help="antialias DINO's resize to 224 (torchvision >= 0.17 default; PnPInversion's era: off)")
+                   help="antialias DINO's resize to 224 (torchvision >= 0.17 default; "
+                        "PnPInversion's era: off)")
     p.add_argument("--device", default=None, help="torch device (default cuda when available)")
-    p.add_argument("--out-dir", type=Path, help="where the CSVs and summary.md go (default OUTPUT/evaluation)")
+    p.add_argument("--out-dir", type=Path,
+                   help="where the CSVs and summary.md go (default OUTPUT/evaluation)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -233,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = model_files.ModelPaths.under(args.models, args.lpips_dir, args.dino, args.clip)
         models = model_files.load(needs(metric_names), paths, device, args.dino_antialias)
         started = time.perf_counter()
-        items, results = evaluate(args.data, args.output, methods, metric_names, models, args.types, args.limit)
+        items, results = evaluate(args.data, args.output, methods, metric_names, models, args.types,
+                                  args.limit)
     except (FileNotFoundError, ValueError) as err:
         sys.stderr.write(f"psg_eval: error: {err}\n")
         return 2
@@ -243,6 +257,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_outputs(out_dir, items, results, metric_names, rows, table)
     print(table)
     scored = sum(len(r.values) for r in results)
-    sys.stderr.write(f"scored {scored} edit(s) of {len(methods)} method(s) in {time.perf_counter() - started:.1f} s "
-                     f"-> {out_dir}\n")
+    elapsed = time.perf_counter() - started
+    sys.stderr.write(f"scored {scored} edit(s) of {len(methods)} method(s) in {elapsed:.1f} s -> {out_dir}\n")
     return 0

@@ -20,10 +20,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from psg_core import lpips_weights
+import torch
 
 from . import dino
-from .metrics import MetricModels
+from .clip_score import load_clip_scorer
+from .core import lpips_weights
+from .pie_metrics import MetricModels
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ class ModelPaths:
     @classmethod
     def under(cls, models_root: Path, lpips_dir: Path | None = None, dino_path: Path | None = None,
               clip: Path | None = None) -> ModelPaths:
-        """Defaults inside a models folder (e.g. ``ComfyUI/models``): lpips/, dino/, clip_score/clip-vit-large-patch14/."""
+        """Defaults inside a models folder (e.g. ``ComfyUI/models``): lpips/, dino/,
+        clip_score/clip-vit-large-patch14/."""
         root = Path(models_root).expanduser()
         return cls(lpips_dir=Path(lpips_dir or root / "lpips").expanduser(),
                    dino=Path(dino_path or root / "dino").expanduser(),
@@ -80,21 +83,26 @@ def check_files(needed: set[str], paths: ModelPaths) -> list[str]:
     return lines
 
 
-def load(needed: set[str], paths: ModelPaths, device: str = "cpu", dino_antialias: bool = False) -> MetricModels:
+def lpips_network(net: str, folders: list[Path]) -> torch.nn.Module:
+    """LPIPS with its ``net`` backbone read from ``folders`` (or torch hub's cache), offline."""
+    return lpips_weights.load_lpips(net, folders)
+
+
+def load(needed: set[str], paths: ModelPaths, device: str = "cpu",
+         dino_antialias: bool = False) -> MetricModels:
     """The models the selected metrics need; FileNotFoundError listing every missing file first."""
     missing = check_files(needed, paths)
     if missing:
-        raise FileNotFoundError("the evaluation models are missing files:\n" + "\n".join(f"  - {m}" for m in missing)
-                                + "\n(--models DIR, or --lpips-dir / --dino / --clip, say where they are)")
+        listed = "\n".join(f"  - {m}" for m in missing)
+        raise FileNotFoundError(f"the evaluation models are missing files:\n{listed}\n"
+                                "(--models DIR, or --lpips-dir / --dino / --clip, say where they are)")
     models = MetricModels(dino_antialias=dino_antialias)
     if "lpips_squeeze" in needed:
-        models.lpips_squeeze = lpips_weights.load_lpips("squeeze", [paths.lpips_dir]).to(device)
+        models.lpips_squeeze = lpips_network("squeeze", [paths.lpips_dir]).to(device)
     if "lpips_alex" in needed:
-        models.lpips_alex = lpips_weights.load_lpips("alex", [paths.lpips_dir]).to(device)
+        models.lpips_alex = lpips_network("alex", [paths.lpips_dir]).to(device)
     if "dino" in needed:
         models.dino = dino.load_dino(paths.dino).to(device)
     if "clip" in needed:
-        from psg_core.clip_score import load_clip_scorer
-
         models.clip = load_clip_scorer(paths.clip, device)
     return models

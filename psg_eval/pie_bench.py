@@ -100,7 +100,8 @@ def load_mapping(data_dir: Path, types: list[str] | None = None) -> list[PieItem
                    if f not in rec]
         if missing:
             raise ValueError(f"PIE-Bench: record {key} in {path} lacks {', '.join(missing)}.")
-        item = PieItem(key=str(key), image_path=str(rec["image_path"]), source_prompt=str(rec["original_prompt"]),
+        item = PieItem(key=str(key), image_path=str(rec["image_path"]),
+                       source_prompt=str(rec["original_prompt"]),
                        target_prompt=str(rec["editing_prompt"]), editing_type=str(rec["editing_type_id"]),
                        rle=tuple(int(v) for v in rec["mask"]))
         if types is None or item.editing_type in types:
@@ -135,7 +136,8 @@ def crop_edit(image: np.ndarray, size: int = PIE_SIZE) -> np.ndarray:
     if h == w:
         return image
     if h < size or w < size:
-        raise ValueError(f"edited image is {w}x{h}: a non-square output must hold a {size}x{size} edit at its end.")
+        raise ValueError(f"edited image is {w}x{h}: a non-square output must hold a {size}x{size} edit "
+                         "at its end.")
     return image[h - size:, w - size:]
 
 

@@ -688,7 +688,7 @@ def key_node_picture(wf: Workflow, width: int = 768, title: str | None = None) -
     not the whole graph: what a person needs to recognise the template at thumbnail size."""
     from PIL import Image, ImageDraw
 
-    from psg_core.plots import font
+    from psg_eval.plots import font
 
     chain = sorted((n for n in wf.nodes if n.cls in KEY_NODES and n.key != "target"),
                    key=lambda n: KEY_NODES.index(n.cls))
@@ -789,9 +789,8 @@ def _temporary_server(stack: ExitStack, comfy_root: Path | None) -> str:
     """A ``main.py --cpu`` with this pack (the test harness's server), stopped when ``stack`` closes."""
     from psg_testing.host_server import ComfyServer
 
-    server = ComfyServer.start(Path(stack.enter_context(tempfile.TemporaryDirectory())), comfy_root)
-    stack.callback(server.stop)
-    return server.url
+    base = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    return stack.enter_context(ComfyServer.running(base, comfy_root)).url
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 
 - docs/images/graph.png: the one-node edit template (example_workflows/psg_edit.json) as its key
   nodes, drawn by the same renderer as the template thumbnails;
-- docs/images/compare.png: PSG Compare Grid's picture (psg_core.plots.comparison_grid, the function
+- docs/images/compare.png: PSG Compare Grid's picture (psg_eval.plots.comparison_grid, the function
   behind the node) of an edit made by the pack's core (DDIM inversion, triple-prompt guidance,
   perceptual guidance) on the EXACT Gaussian-mixture denoiser of the tests, in pixel space: no
   image model is involved, the "model" knows two pictures (the photo, and the photo with tiger
@@ -28,8 +28,8 @@ from psg_core.ddim import ddim_invert, ddim_sample
 from psg_core.guidance import TextGuidance
 from psg_core.losses import ImageLoss
 from psg_core.perceptual import PerceptualGuidance
-from psg_core.plots import comparison_grid, font
 from psg_core.spaces import NoiseSpace
+from psg_eval.plots import comparison_grid, font
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "images"

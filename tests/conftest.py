@@ -5,7 +5,8 @@ Session fixtures (one of each per test run):
   comfy_root    Path of the ComfyUI source tree in use ($COMFYUI_ROOT, else ~/ComfyUI; the test
                 command sets $COMFYUI_ROOT, extracting ComfyUI into .cache/ComfyUI if need be).
   comfy_host    psg_testing.host_inprocess.InProcessHost: ComfyUI booted as a library
-                (CPU) with built-ins, comfy_extras, this pack and the test-only nodes.
+                (CPU) with built-ins, comfy_extras, this pack and the test-only nodes, through
+                the CLI's in-process backend (``.backend``: psg_cli's InProcessBackend).
                 ``run(prompt, outputs=None, *, reuse_cache=False, on_progress=None)
                 -> RunResult`` (``.output(node_id, slot=0)``, ``.ui``, ``.executed``,
                 ``.cached``, ``.progress(node_id)``, ``.messages``, ``.events``);
@@ -13,12 +14,14 @@ Session fixtures (one of each per test run):
                 ``node_class_mappings``; ``pack_module()``; ``base_dir`` (its
                 input/, output/, temp/, user/).
   comfy_server  psg_testing.host_server.ComfyServer: a real ``main.py --cpu`` on
-                127.0.0.1 with this pack linked into its custom_nodes as ComfyUI-PSG.
+                127.0.0.1 with this pack linked into its custom_nodes as ComfyUI-PSG, driven
+                through the CLI's client (``.client``: psg_cli's ServerBackend).
                 ``url``, ``post_prompt(prompt, client_id=None) -> prompt_id``,
                 ``wait(prompt_id, timeout_s=120, check=True) -> history entry``,
                 ``run(prompt)``, ``object_info(cls=None)``, ``upload_image(path)``,
                 ``view(filename, subfolder, type)``, ``interrupt()``, ``queue()``,
                 ``events()`` (websocket, ``wait_for(type, where=...)``), ``log_tail()``.
+                Another server for one test or module: ``with ComfyServer.running(dir) as s``.
   lpips_folder  (per module) a seeded random AlexNet in an extra 'lpips' model folder.
   tiny_models   psg_testing.tiny_models.build_tiny(family, seed=0, *, cached=True)
                 -> TinyModels(model, clip, vae, family); families sd15, sd2v, sdxl, flow.
@@ -165,11 +168,8 @@ def comfy_host(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory):
 def comfy_server(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory):
     from psg_testing.host_server import ComfyServer
 
-    server = ComfyServer.start(tmp_path_factory.mktemp("comfy_server"), comfy_root)
-    try:
+    with ComfyServer.running(tmp_path_factory.mktemp("comfy_server"), comfy_root) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -26,3 +26,9 @@ def mask_to_b1hw(mask: torch.Tensor | None, height: int, width: int) -> torch.Te
     if m.shape[-2:] != (height, width):
         m = torch.nn.functional.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
     return m.clamp(0.0, 1.0)
+
+
+def bchw_to_image(chw: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) or (B, 3, H, W) in [0, 1] -> ComfyUI IMAGE (B, H, W, 3) float32."""
+    t = chw if chw.ndim == 4 else chw[None]
+    return t.movedim(1, -1).contiguous().float()

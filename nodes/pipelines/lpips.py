@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 NODE = "PSG LPIPS Loader"
 FOLDER = "lpips"
+HOME = "ComfyUI/models/lpips"
+"""Where the missing-file message tells users to put a backbone."""
 NETS = ("alex", "vgg", "squeeze")
 
 
@@ -53,7 +55,7 @@ def load(net: str) -> LpipsHandle:
     dirs = [d for d in folder_paths.get_folder_paths(FOLDER)]
     try:
         with torch.inference_mode(False):
-            module = load_lpips(net, dirs, allow_download=False)
+            module = load_lpips(net, dirs, allow_download=False, home=HOME)
     except (FileNotFoundError, RuntimeError, OSError, ValueError) as exc:
         raise RuntimeError(f"{NODE}: {exc}") from None
     with torch.inference_mode(False):

@@ -14,9 +14,9 @@ import skimage.data
 from PIL import Image
 
 from psg_cli import journal as J
+from psg_cli import report
 from psg_cli.errors import CliError, EditTimeout, ExecutionFailed, RetryableError, UnreachableError
 from psg_cli.failures import FailureKind, backoff_s, classify
-from psg_core import report
 
 
 def _photo(path: Path, which: str = "chelsea", size: int = 48) -> Path:
@@ -40,7 +40,8 @@ def test_core_journal_key_changes_with_everything_that_changes_the_result(tmp_pa
     base = _key(photo)
     assert _key(same_bytes) == base, "the key follows the photo's bytes, not its path"
     variants = {
-        "photo bytes": _key(other), "mask": _key(photo, mask=other), "mask_box": _key(photo, mask_box=[0, 0, 1, 1]),
+        "photo bytes": _key(other), "mask": _key(photo, mask=other),
+        "mask_box": _key(photo, mask_box=[0, 0, 1, 1]),
         "source": _key(photo, source="a dog"), "target": _key(photo, target="a lion"),
         "workflow": _key(photo, template={"1": {"class_type": "KSampler", "inputs": {"steps": 21}}}),
         "checkpoint": _key(photo, ckpt="sdxl.safetensors"), "seed": _key(photo, seed=2),
@@ -96,7 +97,8 @@ def test_core_journal_latest_entry_per_key_wins(tmp_path: Path) -> None:
     (ExecutionFailed("x", "torch.OutOfMemoryError", "CUDA out of memory. Tried to allocate 2 GiB"),
      FailureKind.TRANSIENT),
     (ExecutionFailed("x", "RuntimeError", "CUDA error: an illegal memory access"), FailureKind.TRANSIENT),
-    (ExecutionFailed("x", "PIL.UnidentifiedImageError", "cannot identify image file"), FailureKind.DETERMINISTIC),
+    (ExecutionFailed("x", "PIL.UnidentifiedImageError", "cannot identify image file"),
+     FailureKind.DETERMINISTIC),
     (ExecutionFailed("x", "RuntimeError", "PSG LPIPS Loader: alexnet-owt-7be5be79.pth not found"),
      FailureKind.DETERMINISTIC),
     (CliError("ComfyUI rejected the workflow: denoise 1.5 > 1.0"), FailureKind.DETERMINISTIC),
@@ -147,7 +149,7 @@ def test_core_report_streams_from_a_journal_with_thumbnail_files(tmp_path: Path)
     with shards[0].open("a") as fh:
         fh.write('{"id": "item-0", "state": "failed", "record": {"id": "item-0", "status": "fa')
 
-    paths = report.write_report(shards, tmp_path / "rep")
+    paths = report.write(shards, tmp_path / "rep")
     data = json.loads(paths["json"].read_text())
     assert len(data["items"]) == n and all(it["status"] == "ok" for it in data["items"])
     assert data["overall"]["psnr"]["n"] == n

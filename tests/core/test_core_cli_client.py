@@ -23,8 +23,8 @@ LAUNCHER = REPO / "tests" / "psg_testing" / "light_client.py"
 
 def _light(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     log = tmp_path / "imports.txt"
-    proc = subprocess.run([sys.executable, str(LAUNCHER), *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, env={"PATH": "/usr/bin:/bin", "PSG_IMPORT_LOG": str(log)})
+    proc = subprocess.run([sys.executable, str(LAUNCHER), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PSG_IMPORT_LOG": str(log)})
     return proc, set(log.read_text().split()) if log.is_file() else set()
 
 
@@ -87,7 +87,8 @@ def test_core_cli_client_runs_as_a_folder_from_any_directory(tmp_path):
 # --------------------------------------------------------------------------- photos
 
 
-def _prepare(tmp_path: Path, img: Image.Image, name: str, max_side: int | None = 0, **save) -> photo.PreparedPhoto:
+def _prepare(tmp_path: Path, img: Image.Image, name: str, max_side: int | None = 0,
+             **save) -> photo.PreparedPhoto:
     path = tmp_path / name
     img.save(path, **save)
     return photo.prepare_photo(path, tmp_path / "prepared", max_side)
@@ -189,17 +190,20 @@ def test_core_cli_client_working_size_by_family_and_in_graph_resize():
     sd15, sdxl = workflow.load_workflow("psg_edit"), workflow.load_workflow("psg_edit_sdxl")
     assert photo.working_size_for(sd15, "psg_edit") == (512, "SD1.x/SD2.x")
     assert photo.working_size_for(sdxl, "psg_edit_sdxl")[0] == 1024
-    flux = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "flux1-dev-fp8.safetensors"}}}
+    flux = {"1": {"class_type": "CheckpointLoaderSimple",
+                  "inputs": {"ckpt_name": "flux1-dev-fp8.safetensors"}}}
     assert photo.working_size_for(flux, "mine.json") == (1024, "Flux")
     photo_ids = workflow.find_role(sd15, workflow.roles.PHOTO)
     # the shipped template sizes the photo itself: the client's flags become PSG Fit Image's inputs
     fit = photo.graph_resizes(sd15, photo_ids)
     assert fit is not None and sd15[fit]["class_type"] == "PSGFitImage"
-    req = edit.EditRequest(image=Path("x.png"), source="a", target="b", working_size=768, output_size="working")
+    req = edit.EditRequest(image=Path("x.png"), source="a", target="b", working_size=768,
+                           output_size="working")
     assert edit.client_side_size(req, sd15)[0] is None
     assert sd15[fit]["inputs"]["long_side"] == 768 and sd15[fit]["inputs"]["output_size"] == "working size"
     # a workflow of the user's with no resize node: the client sizes the photo
-    bare = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+    bare = {"1": {"class_type": "CheckpointLoaderSimple",
+                  "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
             "2": {"class_type": "LoadImage", "inputs": {"image": "x.png"}, "_meta": {"title": "Photo"}}}
     assert photo.graph_resizes(bare, ["2"]) is None
     req = edit.EditRequest(image=Path("x.png"), source="a", target="b")
@@ -207,8 +211,8 @@ def test_core_cli_client_working_size_by_family_and_in_graph_resize():
     req.working_size = 768
     assert edit.client_side_size(req, bare)[0] == 768
     resized = json.loads(json.dumps(bare))
-    resized["90"] = {"class_type": "ImageScaleToMaxDimension", "inputs": {"image": ["2", 0],
-                                                                        "upscale_method": "area", "largest_size": 512}}
+    resized["90"] = {"class_type": "ImageScaleToMaxDimension",
+                     "inputs": {"image": ["2", 0], "upscale_method": "area", "largest_size": 512}}
     assert photo.graph_resizes(resized, ["2"]) == "90"
     with pytest.raises(CliError, match="resizes the photo itself .*--set '90"):
         edit.client_side_size(req, resized)
@@ -265,7 +269,6 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
     from psg_testing.aiohttp_server import serve_routes
 
     from psg_cli.server_backend import ServerBackend
-    from psg_cli.ws import OP_TEXT
 
     seen: list[tuple[str, str | None, str | None]] = []
 
@@ -279,7 +282,8 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
         seen.append((request.path, request.headers.get("Authorization"), request.headers.get("X-Team")))
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        await ws.send_str("{}")
+        await ws.send_bytes(b"a preview frame")
+        await ws.send_str('{"type": "status", "data": {"sid": "abc"}}')
         await ws.close()
         return ws
 
@@ -290,11 +294,56 @@ def test_core_cli_client_sends_headers_on_http_and_websocket():
             ServerBackend(url, headers={"Authorization": "Bearer wrong"}).object_info()
         backend = ServerBackend(url, headers={"Authorization": "Bearer s3cret", "X-Team": "vision"})
         assert backend.object_info() == {"KSampler": {}}
-        ws = backend._connect_ws()
-        assert ws is not None and ws.recv() == (OP_TEXT, b"{}")
-        ws.close()
+        with backend.events() as events:
+            assert events.next_event(10.0) == ("status", {"sid": "abc"})
     assert seen[-2:] == [("/object_info", "Bearer s3cret", "vision"), ("/ws", "Bearer s3cret", "vision")]
 
+
+
+def test_core_cli_client_prompt_calls_answer_as_comfyui_does():
+    """post_prompt, wait and interrupt (what the host tests drive a server with) against a stand-in
+    that answers as ComfyUI's routes do: 400 with node_errors, /history empty until done, no body."""
+    from aiohttp import web
+    from psg_testing.aiohttp_server import serve_routes
+
+    from psg_cli.errors import PromptRejected
+    from psg_cli.server_backend import ServerBackend
+
+    polls: list[str] = []
+    interrupts: list[dict] = []
+    refusal = {"error": {"type": "prompt_outputs_failed_validation",
+                         "message": "Prompt outputs failed validation"},
+               "node_errors": {"1": {"class_type": "KSampler",
+                                     "errors": [{"message": "Value smaller than min", "details": "steps"}]}}}
+
+    async def prompt(request):
+        body = await request.json()
+        if body["prompt"]["1"]["inputs"]["steps"] < 1:
+            return web.json_response(refusal, status=400)
+        return web.json_response({"prompt_id": "p1", "number": 0, "node_errors": {}})
+
+    async def history(request):
+        polls.append(request.match_info["prompt_id"])
+        if len(polls) < 3:
+            return web.json_response({})
+        return web.json_response({"p1": {"status": {"completed": True, "messages": []}, "outputs": {}}})
+
+    async def interrupt(request):
+        interrupts.append(await request.json())
+        return web.Response(status=200)
+
+    routes = {"/prompt": prompt, "/history/{prompt_id}": history, "/interrupt": interrupt}
+    with serve_routes(routes) as url:
+        backend = ServerBackend(url)
+        assert backend.post_prompt({"1": {"class_type": "KSampler", "inputs": {"steps": 3}}}) == "p1"
+        with pytest.raises(PromptRejected, match="Value smaller than min") as refused:
+            backend.post_prompt({"1": {"class_type": "KSampler", "inputs": {"steps": 0}}})
+        assert refused.value.error == refusal["error"] and refused.value.node_errors == refusal["node_errors"]
+        assert backend.wait("p1", timeout_s=10)["status"]["completed"] is True
+        assert polls == ["p1", "p1", "p1"]
+        backend.interrupt()
+        backend.interrupt("p1")
+    assert interrupts == [{}, {"prompt_id": "p1"}]
 
 
 def test_core_cli_client_repeated_validation_message_is_shown_once():

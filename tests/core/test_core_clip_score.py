@@ -17,7 +17,7 @@ import skimage.data
 import torch
 from psg_testing.metric_models import save_tiny_clip
 
-from psg_core.clip_score import OFFLINE_HINT, load_clip_scorer
+from psg_eval.clip_score import OFFLINE_HINT, load_clip_scorer
 
 TEXTS = ("a photo of a tabby cat", "a red cup of coffee")
 
@@ -70,4 +70,4 @@ def test_core_clip_score_missing_folder_says_how_to_get_one(tmp_path: Path) -> N
     with pytest.raises(FileNotFoundError) as err:
         load_clip_scorer(tmp_path / "nothing")
     assert OFFLINE_HINT in str(err.value)
-    assert "models/clip_score" in str(err.value)
+    assert str(tmp_path / "nothing") in str(err.value) and "save_pretrained" in str(err.value)

@@ -26,8 +26,8 @@ from psg_testing import pie_mini
 
 from psg_eval import dino, pie_bench
 from psg_eval import evaluate as ev
-from psg_eval import metrics as em
 from psg_eval import models as model_files
+from psg_eval import pie_metrics as em
 
 SIZE = pie_mini.SIZE
 
@@ -252,8 +252,8 @@ def test_core_eval_end_to_end_on_the_mini_set(tmp_path):
 def test_core_eval_missing_models_named_in_one_message(tmp_path, capsys):
     data = pie_mini.write_mini_pie(tmp_path / "data")
     write_edits(data, tmp_path / "output")
-    rc = ev.main(["--data", str(data), "--output", str(tmp_path / "output"), "--models", str(tmp_path / "none"),
-                  "--metrics", "pnp", "--device", "cpu"])
+    rc = ev.main(["--data", str(data), "--output", str(tmp_path / "output"),
+                  "--models", str(tmp_path / "none"), "--metrics", "pnp", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     for fragment in ("squeezenet1_1-b8a52dc0.pth", "dino_vitbase8_pretrain.pth", "config.json",
@@ -268,7 +268,8 @@ def test_core_eval_never_imports_comfy():
     import subprocess
     import sys
 
-    code = ("import sys; import psg_eval.evaluate, psg_eval.models, psg_eval.dino, psg_eval.metrics; "
+    code = ("import sys; import psg_eval.evaluate, psg_eval.models, psg_eval.dino, psg_eval.pie_metrics, "
+            "psg_eval.report, psg_eval.plots, psg_eval.clip_score, psg_eval.image_metrics; "
             "bad = [m for m in sys.modules if m == 'comfy' or m.startswith(('comfy.', 'comfy_'))]; "
             "assert not bad, bad; print('clean')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=pie_mini.Path(__file__).resolve().parents[2],
@@ -293,10 +294,12 @@ def test_core_eval_runner_methods_and_layout_file(tmp_path):
     assert len(runner.ALL_METHODS) == 12
     m = runner.Method.parse("negative-prompt+psg-mask")
     assert (m.text_optimisation, m.perceptual, m.masked) == ("negative-prompt", True, True)
-    assert runner.Method.parse("ddim-cfg").sets(2.0) == ["PSG Edit.text_optimisation=none", "PSG Edit.scale=0"]
+    assert runner.Method.parse("ddim-cfg").sets(2.0) == [
+        "PSG Edit.text_optimisation=none", "PSG Edit.scale=0"]
     assert runner.Method.parse("direct-offsets+psg").sets(2.0) == [
         "PSG Edit.text_optimisation=direct offsets", "PSG Edit.scale=2.0"]
-    assert runner.Method.parse("null-text+psg").sets(None) == ["PSG Edit.text_optimisation=null-text optimisation"]
+    assert runner.Method.parse("null-text+psg").sets(None) == [
+        "PSG Edit.text_optimisation=null-text optimisation"]
     with pytest.raises(runner.CliError, match="unknown method 'p2p'"):
         runner.Method.parse("p2p")
     with pytest.raises(SystemExit):  # the CLI's prompt-to-prompt flags are refused, not silently ignored
@@ -315,8 +318,9 @@ def test_core_eval_dino_from_a_transformers_folder(tmp_path):
     its last-block keys equal those transformers' own forward computes (hooked key projection)."""
     import transformers
 
-    cfg = transformers.ViTConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=1, intermediate_size=32,
-                                 image_size=224, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True)
+    cfg = transformers.ViTConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=1,
+                                 intermediate_size=32, image_size=224, patch_size=8, layer_norm_eps=1e-6,
+                                 qkv_bias=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         reference = transformers.ViTModel(cfg, add_pooling_layer=False).eval()

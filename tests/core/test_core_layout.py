@@ -1,6 +1,8 @@
-"""The layering docs/architecture.md describes, read from the source (no imports, no host): the core
-imports no host code, node modules import no other node module and stay short, and every function the
-architecture page names exists where it says."""
+"""The layering docs/architecture.md describes, read from the source (no host): the core imports no
+host, evaluation, client or node code; evaluation imports no host, client or node code and reaches the
+core through one module; node modules import no other node module and stay short; every function the
+architecture page names exists where it says. Two checks import in a clean subprocess: the core and
+evaluation load no ComfyUI, and evaluation works inside the pack the way ComfyUI imports it."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "node_helpers",
                 "server")
 MAX_NODE_MODULE_LINES = 150
-LONGER_NODE_MODULES = {"metrics.py": "four evaluation nodes with their model-folder pickers"}
+EVAL_CORE_LINK = "core.py"
+"""The one psg_eval module that imports psg_core (under the name it has where psg_eval runs)."""
 
 
 def imports_of(path: Path) -> list[tuple[int, str]]:
@@ -60,13 +63,27 @@ def test_core_layout_core_imports_no_host_or_pack_code():
             top = module.split(".")[0]
             assert not (level == 0 and top in HOST_MODULES), f"{path.name} imports {module}"
             assert level <= 1, f"{path.name} imports outside psg_core ({'.' * level}{module})"
-            assert top not in ("nodes", "psg_cli"), f"{path.name} imports {module}"
+            assert top not in ("nodes", "psg_cli", "psg_eval"), f"{path.name} imports {module}"
+
+
+def test_core_layout_evaluation_imports_no_host_client_or_node_code():
+    for path in sorted((ROOT / "psg_eval").glob("*.py")):
+        for level, module in imports_of(path):
+            top = module.split(".")[0]
+            assert not (level == 0 and top in HOST_MODULES), f"psg_eval/{path.name} imports {module}"
+            assert top not in ("nodes", "psg_cli"), f"psg_eval/{path.name} imports {module}"
+            if path.name != EVAL_CORE_LINK:  # the core only through core.py
+                assert level <= 1 and top != "psg_core", f"psg_eval/{path.name} imports {module}"
+            else:
+                assert level <= 1 or module == "psg_core", f"psg_eval/{path.name} imports {module}"
 
 
 OUTSIDE_CORE = ("comfy", "folder_paths", "nodes", "psg_cli", "psg_eval", "psg_testing", "server",
                 "latent_preview", "node_helpers")
 """Top-level modules the core must never bring in: the host, the node layer, the client, evaluation."""
-IMPORT_ALL_CORE = """
+OUTSIDE_EVALUATION = tuple(m for m in OUTSIDE_CORE if m != "psg_eval")
+"""Evaluation may use the core, nothing else of the pack and no host."""
+IMPORT_ALL = """
 import importlib, json, sys
 sys.path.insert(0, sys.argv[1])
 before = set(sys.modules)
@@ -76,18 +93,21 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
 
-def test_core_layout_core_imports_nothing_outside_the_core_in_a_clean_interpreter():
-    """Every psg_core module imported in a fresh isolated interpreter (-I: no PYTHONPATH, so no
-    ComfyUI; only the repository root added): no host, node, client or evaluation module loads,
-    whatever a module imports lazily at import time or through psg_core/__init__."""
-    core = sorted(f"psg_core.{p.stem}" for p in (ROOT / "psg_core").glob("*.py") if p.stem != "__init__")
-    proc = subprocess.run([sys.executable, "-I", "-c", IMPORT_ALL_CORE, str(ROOT), *core],
+@pytest.mark.parametrize(("package", "outside"),
+                         [("psg_core", OUTSIDE_CORE), ("psg_eval", OUTSIDE_EVALUATION)])
+def test_core_layout_package_loads_nothing_outside_its_layer_in_a_clean_interpreter(package, outside):
+    """Every module of ``package`` imported in a fresh isolated interpreter (-I: no PYTHONPATH, so no
+    ComfyUI; only the repository root added; this conftest imports comfy, hence the subprocess): no
+    module of a layer above it or of the host loads, whatever it imports at import time."""
+    names = sorted(f"{package}.{p.stem}" for p in (ROOT / package).glob("*.py")
+                   if p.stem not in ("__init__", "__main__"))
+    proc = subprocess.run([sys.executable, "-I", "-c", IMPORT_ALL, str(ROOT), *names],
                           capture_output=True, text=True, timeout=300, cwd="/")
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout.splitlines()[-1])
-    assert set(core) <= set(loaded), set(core) - set(loaded)
-    leaked = [m for m in loaded if m.split(".")[0].startswith(OUTSIDE_CORE)]
-    assert not leaked, f"importing psg_core loads {leaked}"
+    assert len(names) >= 8 and set(names) <= set(loaded), set(names) - set(loaded)
+    leaked = [m for m in loaded if m.split(".")[0].startswith(outside)]
+    assert not leaked, f"importing {package} loads {leaked}"
 
 
 def test_core_layout_node_modules_import_no_other_node_module():
@@ -109,8 +129,6 @@ def test_core_layout_adapter_and_pipelines_import_no_node_module(folder):
 def test_core_layout_node_modules_are_short():
     for path in node_modules():
         lines = len(path.read_text().splitlines())
-        if path.name in LONGER_NODE_MODULES:
-            continue
         assert lines <= MAX_NODE_MODULE_LINES, (
             f"{path.name}: {lines} lines; move the mechanism to nodes/pipelines")
 
@@ -135,3 +153,32 @@ def test_core_layout_architecture_names_exist():
                 f"docs/architecture.md names {file}: {item}, not defined there")
             checked += 1
     assert checked >= 15
+
+
+def test_core_layout_evaluation_works_inside_the_pack_as_comfyui_imports_it(tmp_path):
+    """ComfyUI imports the pack as one package named after its folder, the pack root not on sys.path:
+    psg_eval then takes ``<pack>.psg_core``, and no top-level psg_core is loaded."""
+    code = f"""
+import importlib, sys, types
+sys.path = [p for p in sys.path if p not in ('', {str(ROOT)!r})]
+pack = types.ModuleType('ComfyUI-PSG')  # the pack's folder name, its __init__ (nodes) not run
+pack.__path__ = [{str(ROOT)!r}]
+sys.modules['ComfyUI-PSG'] = pack
+metrics = importlib.import_module('ComfyUI-PSG.psg_eval.image_metrics')
+core = importlib.import_module('ComfyUI-PSG.psg_eval.core')
+assert core.losses.__name__ == 'ComfyUI-PSG.psg_core.losses', core.losses.__name__
+assert core.lpips_weights.__name__ == 'ComfyUI-PSG.psg_core.lpips_weights'
+assert 'psg_core' not in sys.modules and 'psg_eval' not in sys.modules
+import torch
+a = torch.rand(1, 3, 16, 16)
+mask = torch.zeros(16, 16)
+mask[4:12, 4:12] = 1
+b = a.clone()
+b[..., 4:12, 4:12] = 0
+print(float(metrics.mse(a, b, mask)[0]), float(metrics.mse(a, b)[0]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    masked, whole = (float(v) for v in proc.stdout.split())
+    assert masked == 0.0 and whole > 0.0

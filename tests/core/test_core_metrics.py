@@ -1,4 +1,5 @@
-"""psg_core.metrics against scikit-image and the lpips package on real photos with known distortions."""
+"""psg_eval.image_metrics against scikit-image and the lpips package on real photos with known
+distortions."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import skimage.metrics
 import torch
 from PIL import Image
 
-from psg_core import metrics
+from psg_eval import dino
+from psg_eval import image_metrics as metrics
 
 PHOTOS = ("chelsea", "coffee", "astronaut")
 
@@ -101,7 +103,8 @@ def test_core_metrics_lpips_matches_the_package(photo: str, alex: lpips.LPIPS) -
         assert float(metrics.lpips_distance(alex, ta, tb)[0]) == pytest.approx(want, rel=1e-5, abs=1e-7)
         assert want > 0
     with torch.no_grad():
-        assert float(metrics.lpips_distance(alex, _t(a).float(), _t(a).float())[0]) == pytest.approx(0.0, abs=1e-7)
+        same = float(metrics.lpips_distance(alex, _t(a).float(), _t(a).float())[0])
+        assert same == pytest.approx(0.0, abs=1e-7)
 
 
 def _box_mask(h: int, w: int) -> torch.Tensor:
@@ -168,30 +171,30 @@ def test_core_metrics_identical_images_and_clear_errors() -> None:
         metrics.ssim(a, a, torch.zeros(8, 8))
     with pytest.raises(ValueError, match="at least 11x11"):
         metrics.ssim(a[..., :8, :8], a[..., :8, :8])
-    with pytest.raises(ValueError, match="PSG LPIPS"):
+    with pytest.raises(ValueError, match="lpips.LPIPS module"):
         metrics.lpips_distance(object(), a, a)
+    with pytest.raises(ValueError, match="border"):
+        metrics.ssim(a, a, border="zeros")
 
 
-def test_core_metrics_structure_distance_unavailable_without_weights(tmp_path) -> None:
-    a = _t(_photo("chelsea", 32)).float()
-    assert metrics.load_dino(tmp_path / "missing") is None
-    assert metrics.load_dino(None) is None
-    assert metrics.structure_distance(None, a, a) is None
+def test_core_metrics_structure_distance_needs_a_dino_file(tmp_path) -> None:
+    assert dino.dino_file(tmp_path / "missing") is None
+    assert dino.dino_file(tmp_path) is None  # an empty folder
+    with pytest.raises(FileNotFoundError, match=dino.DINO_FILE):
+        dino.load_dino(tmp_path)
 
 
 def test_core_metrics_structure_distance_with_a_tiny_local_vit(tmp_path) -> None:
+    """A RANDOM transformers ViT (DINO-shaped, patch 8 at 224 px): the same layout gives 0, a
+    flipped one does not."""
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                 image_size=32, patch_size=8)
+    cfg = transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=1,
+                                 intermediate_size=32, image_size=224, patch_size=8, layer_norm_eps=1e-6,
+                                 qkv_bias=True)
     transformers.ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path)
-    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
-    dino = metrics.load_dino(tmp_path)
-    assert dino is not None
-    a = _t(_photo("chelsea", 96)).float()
-    flipped = a.flip(-2)  # same content, different layout
-    d = metrics.structure_distance(dino, a, torch.cat([a, flipped]))
-    assert d.shape == (2,)
-    assert float(d[0]) == pytest.approx(0.0, abs=1e-10)
-    assert float(d[1]) > 1e-6
+    model = dino.load_dino(tmp_path)
+    photo = (_photo("chelsea", 96) * 255).round().astype(np.uint8)
+    assert dino.structure_distance(model, photo, photo.copy()) == pytest.approx(0.0, abs=1e-10)
+    assert dino.structure_distance(model, photo[::-1].copy(), photo) > 1e-6

@@ -59,7 +59,8 @@ def test_core_packaging_archive_is_the_pack_without_developer_files():
         assert not [f for f in files if f.startswith(dev)], f"{dev} would ship to users"
     assert not [f for f in files if f.startswith("scripts/") and f != "scripts/edit.sh"]
     needed = {"__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE", "scripts/edit.sh",
-              "psg_cli/__main__.py", "nodes/__init__.py", "psg_core/__init__.py", "examples/edits.json"}
+              "psg_cli/__main__.py", "nodes/__init__.py", "psg_core/__init__.py", "examples/edits.json",
+              "psg_eval/__init__.py", "psg_eval/core.py", "psg_eval/image_metrics.py"}
     assert needed <= files, needed - files
     templates = str(workflow.api_dir().parent.relative_to(REPO))
     for folder in (templates, "web", "examples/photos"):

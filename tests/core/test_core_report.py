@@ -1,4 +1,5 @@
-"""Batch report: CSV, JSON and offline HTML from edit-batch results; plots' sizes."""
+"""Batch report: CSV, JSON and offline HTML from neutral items (psg_eval.report) and from edit-batch
+results (psg_cli.report); plots' sizes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import skimage.metrics
 import torch
 from PIL import Image
 
-from psg_core import plots, report
+from psg_cli import report as cli_report
+from psg_eval import plots, report
 
 SIZE = 64
 
@@ -60,8 +62,9 @@ def results(tmp_path: Path) -> Path:
     rng = np.random.default_rng(3)
     (tmp_path / "out").mkdir()
     items = []
-    for k, (name, typ, noise) in enumerate([("chelsea", "change color", 0.02), ("coffee", "change color", 0.08),
-                                            ("astronaut", "change object", 0.05), ("rocket", "change object", 0.1)]):
+    photos = [("chelsea", "change color", 0.02), ("coffee", "change color", 0.08),
+              ("astronaut", "change object", 0.05), ("rocket", "change object", 0.1)]
+    for k, (name, typ, noise) in enumerate(photos):
         src = getattr(skimage.data, name)()[:SIZE, :SIZE].astype(np.float64) / 255.0
         edit = src + rng.normal(0, noise, src.shape)
         _save(src, tmp_path / f"{name}.png")
@@ -70,8 +73,8 @@ def results(tmp_path: Path) -> Path:
                       "target": "an edit", "mask": None, "mask_box": [0.25, 0.25, 0.75, 0.75], "status": "ok",
                       "output": f"out/{name}_edit.png", "outputs": {},
                       "metrics": {"PSG Edit": {"psg_metrics": [{"clip_score": 20.0 + k}]}}})
-    items.append({"id": "broken", "type": "change object", "image": "chelsea.png", "source": "s", "target": "t",
-                  "status": "failed", "error": "server went away", "output": None})
+    items.append({"id": "broken", "type": "change object", "image": "chelsea.png", "source": "s",
+                  "target": "t", "status": "failed", "error": "server went away", "output": None})
     items.append({"id": "lost", "type": "change color", "image": "chelsea.png", "source": "s", "target": "t",
                   "status": "ok", "output": "out/gone.png"})
     path = tmp_path / "results.json"
@@ -80,7 +83,7 @@ def results(tmp_path: Path) -> Path:
 
 
 def test_core_report_csv_json_html_agree_and_match_skimage(results: Path, tmp_path: Path) -> None:
-    paths = report.write_report(results, tmp_path / "rep", thumbnails="inline")
+    paths = cli_report.write(results, tmp_path / "rep", thumbnails="inline")
     data = json.loads(paths["json"].read_text())
     with paths["csv"].open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -106,7 +109,8 @@ def test_core_report_csv_json_html_agree_and_match_skimage(results: Path, tmp_pa
     assert "missing image file" in data["items"][5]["error"]
 
     # per-type statistics: population mean/std over the measured items
-    col = [it["metrics"]["psnr"] for it in data["items"] if it["type"] == "change color" and it["metrics"]["psnr"]]
+    col = [it["metrics"]["psnr"] for it in data["items"]
+           if it["type"] == "change color" and it["metrics"]["psnr"]]
     assert len(col) == 2
     st = data["by_type"]["change color"]["psnr"]
     assert st["n"] == 2
@@ -132,29 +136,61 @@ def test_core_report_mask_box_and_errors(tmp_path: Path) -> None:
     m = report.box_mask([0.5, 0.0, 1.0, 0.5], 4, 6)
     assert m[0, 0].tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1], [0] * 6, [0] * 6]
     with pytest.raises(FileNotFoundError, match="edit-batch"):
-        report.read_results(tmp_path / "none.json")
+        cli_report.read_results(tmp_path / "none.json")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"items": [{"type": "x"}]}))
     with pytest.raises(ValueError, match="no 'id'"):
-        report.read_results(bad)
-    assert report.flatten_metrics({"A": {"psnr": 1, "ok": True}, "B": {"psnr": 2.5, "t": "x"}, "c": [3]}) == {
-        "A.psnr": 1.0, "B.psnr": 2.5, "c": 3.0}
+        cli_report.read_results(bad)
+    nested = {"A": {"psnr": 1, "ok": True}, "B": {"psnr": 2.5, "t": "x"}, "c": [3]}
+    assert cli_report.flatten_metrics(nested) == {"A.psnr": 1.0, "B.psnr": 2.5, "c": 3.0}
     empty = report.stats([None, math.nan])
     assert empty["n"] == 0 and math.isnan(empty["mean"]) and math.isnan(empty["std"])
     assert report.stats([1.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 2}
 
 
+def test_core_report_takes_neutral_items_with_a_mask_file(tmp_path: Path) -> None:
+    """psg_eval's report reads no client format: ReportItems with a mask image (white = edited) and
+    numbers measured elsewhere; the background metrics equal scikit-image on the masked images."""
+    src = skimage.data.coffee()[:SIZE, :SIZE].astype(np.float64) / 255.0
+    edit = src.copy()
+    edit[:, SIZE // 2:] = 1.0 - edit[:, SIZE // 2:]  # changed only in the right half
+    mask = np.zeros((SIZE, SIZE))
+    mask[:, SIZE // 2:] = 1.0
+    for name, arr in (("photo", src), ("edit", edit), ("mask", np.repeat(mask[..., None], 3, axis=2))):
+        _save(arr, tmp_path / f"{name}.png")
+    items = iter([  # a generator is enough: items are measured as they come
+        report.ReportItem(id="a", photo=tmp_path / "photo.png", edited=tmp_path / "edit.png",
+                          mask=tmp_path / "mask.png", type="recolour", metrics={"clip_score": 31.5}),
+        report.ReportItem(id="b", photo=None, edited=None, status="failed", error="out of memory"),
+    ])
+    paths = report.write_report(items, tmp_path / "rep", label="two edits")
+    data = json.loads(paths["json"].read_text())
+    first, second = data["items"]
+    assert first["metrics"]["bg_mse"] == 0.0 and first["metrics"]["bg_psnr"] == 100.0
+    keep = 1.0 - mask[..., None]
+    assert first["metrics"]["bg_ssim"] == pytest.approx(skimage.metrics.structural_similarity(
+        src * keep, _load(tmp_path / "edit.png") * keep, gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False, data_range=1.0, channel_axis=-1), abs=1e-5)
+    assert first["metrics"]["psnr"] < 20 and first["metrics"]["clip_score"] == 31.5
+    assert second["status"] == "failed" and second["metrics"]["psnr"] is None
+    assert data["results"] == "two edits" and (tmp_path / "rep" / "thumbs").is_dir()
+    with pytest.raises(ValueError, match="status"):
+        report.measure_item(report.ReportItem(id="c", photo=None, edited=None, status="done"))
+
+
 def test_core_report_main_writes_files(results: Path, tmp_path: Path, capsys) -> None:
-    assert report.main([str(results), "--out", str(tmp_path / "cli")]) == 0
-    assert {p.name for p in (tmp_path / "cli").iterdir()} == {"report.csv", "report.json", "report.html", "thumbs"}
-    assert report.main([str(tmp_path / "missing.json")]) == 2
+    assert cli_report.main([str(results), "--out", str(tmp_path / "cli")]) == 0
+    written = {p.name for p in (tmp_path / "cli").iterdir()}
+    assert written == {"report.csv", "report.json", "report.html", "thumbs"}
+    assert cli_report.main([str(tmp_path / "missing.json")]) == 2
     assert "edit-batch" in capsys.readouterr().out
 
 
 def test_core_report_grid_and_plot_sizes() -> None:
     src, edit = torch.rand(2, 3, 40, 56), torch.rand(1, 3, 40, 56)
     grid = plots.comparison_grid(src, edit)
-    assert grid.shape == (2, 3, 40 + plots.LABEL_HEIGHT, 3 * 56 + 3 * plots.GAP + plots.BAR_WIDTH + plots.BAR_LABEL_WIDTH)
+    width = 3 * 56 + 3 * plots.GAP + plots.BAR_WIDTH + plots.BAR_LABEL_WIDTH
+    assert grid.shape == (2, 3, 40 + plots.LABEL_HEIGHT, width)
     assert grid.shape[-2:] == plots.grid_size(40, 56)
     # the source panel is the source image (8-bit rounding aside)
     panel = grid[0, :, plots.LABEL_HEIGHT:, :56]
@@ -182,7 +218,7 @@ def test_core_report_html_renders_in_headless_chromium(results: Path, tmp_path: 
     browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     if browser is None:
         pytest.skip("no headless Chromium installed")
-    paths = report.write_report(results, tmp_path / "rep")
+    paths = cli_report.write(results, tmp_path / "rep")
     shot = tmp_path / "shot.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
                     f"--screenshot={shot}", "--window-size=1200,800", paths["html"].as_uri()],

@@ -8,12 +8,14 @@ tiny checkpoint (``psg_testing.cli_support``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,9 +58,18 @@ def entries(journal: Path, state: str | None = None) -> list[dict]:
     return [e for e in read_entries(journal) if state is None or e["state"] == state]
 
 
-def start_cli(*args: str | Path) -> subprocess.Popen:
-    return subprocess.Popen(cli_command(*args), cwd=host.REPO_ROOT, env=cli_env(), stdout=subprocess.PIPE,
+@contextlib.contextmanager
+def cli_running(*args: str | Path) -> Iterator[subprocess.Popen]:
+    """The CLI as a background process for the block; killed with its children if it still runs
+    after it (a failed assertion must not leave a client queueing prompts)."""
+    proc = subprocess.Popen(cli_command(*args), cwd=host.REPO_ROOT, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def wait_for(condition, timeout_s: float, what: str) -> None:
@@ -77,21 +88,17 @@ def queue_is_empty(server: ComfyServer) -> bool:
 
 def test_host_batch_server_stopped_mid_batch_and_restarted_is_readmitted(comfy_root, files, tmp_path):
     base, port = tmp_path / "server", free_port()
-    server = ComfyServer.start(base, comfy_root, port=port)
     out = tmp_path / "out"
     journal = out / "journal.jsonl"
-    proc = start_cli("edit-batch", dataset(files, tmp_path / "edits.json", 6), "--server", server.url,
-                     "--workflow", files["workflow"], "--out", out, "--set", STEPS_SLOW, "--recheck", "1")
-    try:
+    with (ComfyServer.running(base, comfy_root, port=port) as server,
+          cli_running("edit-batch", dataset(files, tmp_path / "edits.json", 6), "--server", server.url,
+                      "--workflow", files["workflow"], "--out", out, "--set", STEPS_SLOW,
+                      "--recheck", "1") as proc):
         wait_for(lambda: len(entries(journal, "ok")) >= 1 or proc.poll() is not None, 300, "a first item")
         server.stop()
         time.sleep(2)
-        server = ComfyServer.start(base, comfy_root, port=port)
-        stdout, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        server.stop()
+        with ComfyServer.running(base, comfy_root, port=port):
+            stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     assert f"{server.url} stopped answering" in stderr, stderr
     assert f"{server.url} answers again: re-admitted" in stderr, stderr
@@ -103,8 +110,9 @@ def test_host_batch_server_stopped_mid_batch_and_restarted_is_readmitted(comfy_r
 
 def test_host_batch_deterministic_failure_is_tried_once(comfy_server, files, tmp_path):
     out = tmp_path / "out"
-    proc = run_cli("edit-batch", dataset(files, tmp_path / "edits.json", 3, bad=1), "--server", comfy_server.url,
-                   "--workflow", files["workflow"], "--out", out, "--retries", "3", "--backoff", "0.1")
+    proc = run_cli("edit-batch", dataset(files, tmp_path / "edits.json", 3, bad=1),
+                   "--server", comfy_server.url, "--workflow", files["workflow"], "--out", out,
+                   "--retries", "3", "--backoff", "0.1")
     assert proc.returncode == 1, proc.stderr
     items = {r["id"]: r for r in json.loads((out / "results.json").read_text())["items"]}
     bad = items["item-1"]
@@ -128,16 +136,12 @@ def test_host_batch_timeout_interrupts_the_prompt_and_empties_the_queue(comfy_se
 
 def test_host_batch_ctrl_c_interrupts_the_running_prompt(comfy_server, files, tmp_path):
     out = tmp_path / "out"
-    proc = start_cli("edit-batch", dataset(files, tmp_path / "edits.json", 2), "--server", comfy_server.url,
-                     "--workflow", files["workflow"], "--out", out, "--set", "Sampler.steps=5000")
-    try:
+    with cli_running("edit-batch", dataset(files, tmp_path / "edits.json", 2), "--server", comfy_server.url,
+                     "--workflow", files["workflow"], "--out", out, "--set", "Sampler.steps=5000") as proc:
         wait_for(lambda: bool(entries(out / "journal.jsonl", "submitted")), 120, "a queued prompt")
         wait_for(lambda: not queue_is_empty(comfy_server), 30, "the prompt to run")
         os.kill(proc.pid, signal.SIGINT)
         proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130
     wait_for(lambda: queue_is_empty(comfy_server), 20, "the server's queue to empty after Ctrl-C")
 
@@ -149,13 +153,9 @@ def test_host_batch_restarted_client_collects_queued_prompts_from_history(comfy_
     journal = out / "journal.jsonl"
     args = ("edit-batch", dataset(files, tmp_path / "edits.json", 2), "--server", comfy_server.url,
             "--workflow", files["workflow"], "--out", out, "--set", STEPS_SLOW)
-    first = start_cli(*args)
-    try:
-        wait_for(lambda: bool(entries(journal, "submitted")) or first.poll() is not None, 120, "a queued prompt")
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-        first.communicate()
+    with cli_running(*args) as first:
+        wait_for(lambda: bool(entries(journal, "submitted")) or first.poll() is not None, 120,
+                 "a queued prompt")
     submitted = entries(journal, "submitted")
     assert first.returncode == -signal.SIGKILL and len(submitted) == 1 and not entries(journal, "ok")
     prompt_id = submitted[0]["prompt_id"]
@@ -200,7 +200,8 @@ def test_host_batch_shards_split_the_list_and_report_together(comfy_server, file
     journals = [out / "journal-shard-1-of-2.jsonl", out / "journal-shard-2-of-2.jsonl"]
     assert [sorted(e["id"] for e in entries(j, "ok")) for j in journals] == [["item-0", "item-2"], ["item-1"]]
     assert json.loads((out / "results-shard-2-of-2.json").read_text())["summary"]["total"] == 1
-    report = subprocess.run([*cli_command()[:2], "psg_core.report", *map(str, journals), "--out", str(tmp_path / "r")],
+    report = subprocess.run([*cli_command()[:2], "psg_cli.report", *map(str, journals),
+                             "--out", str(tmp_path / "r")],
                             cwd=host.REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     items = json.loads((tmp_path / "r" / "report.json").read_text())["items"]
@@ -209,25 +210,22 @@ def test_host_batch_shards_split_the_list_and_report_together(comfy_server, file
     assert len(list((tmp_path / "r" / "thumbs").glob("*.jpg"))) == 9
 
 
-def test_host_batch_transient_failure_is_retried_on_the_other_server(comfy_server, comfy_root, files, tmp_path):
+def test_host_batch_transient_failure_is_retried_on_the_other_server(comfy_server, comfy_root, files,
+                                                                     tmp_path):
     """A run interrupted on one server (transient) goes back after the backoff and runs on the other."""
-    other = ComfyServer.start(tmp_path / "other_server", comfy_root)
     out = tmp_path / "out"
     journal = out / "journal.jsonl"
-    proc = start_cli("edit-batch", dataset(files, tmp_path / "edits.json", 1), "--server", comfy_server.url,
-                     "--server", other.url, "--workflow", files["workflow"], "--out", out,
-                     "--set", "Sampler.steps=300", "--retries", "2", "--backoff", "0.5")
-    servers = {comfy_server.url: comfy_server, other.url: other}
-    try:
-        wait_for(lambda: bool(entries(journal, "submitted")) or proc.poll() is not None, 300, "a queued prompt")
+    with (ComfyServer.running(tmp_path / "other_server", comfy_root) as other,
+          cli_running("edit-batch", dataset(files, tmp_path / "edits.json", 1), "--server", comfy_server.url,
+                      "--server", other.url, "--workflow", files["workflow"], "--out", out,
+                      "--set", "Sampler.steps=300", "--retries", "2", "--backoff", "0.5") as proc):
+        servers = {comfy_server.url: comfy_server, other.url: other}
+        wait_for(lambda: bool(entries(journal, "submitted")) or proc.poll() is not None, 300,
+                 "a queued prompt")
         first = entries(journal, "submitted")[0]["worker"]
         wait_for(lambda: bool(servers[first].queue().get("queue_running")), 60, "the prompt to run")
         servers[first].interrupt()
         stdout, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        other.stop()
     assert proc.returncode == 0, stderr
     states = [(e["state"], e.get("worker") or e.get("record", {}).get("backend")) for e in entries(journal)]
     second = next(url for url in servers if url != first)

@@ -46,11 +46,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def second_server(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """Another real server (its own base dir): 'one ComfyUI per GPU'."""
-    server = ComfyServer.start(tmp_path_factory.mktemp("comfy_server_b"), comfy_root)
-    try:
+    with ComfyServer.running(tmp_path_factory.mktemp("comfy_server_b"), comfy_root) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def edit_args(files: dict[str, Path], out: Path, *extra: str | Path) -> list[str | Path]:
@@ -118,7 +115,8 @@ def test_host_cli_in_process_matches_the_server(comfy_server, files, tmp_path):
                    "--base-directory", base, *args)
     assert_ok(proc)
     assert "Traceback" not in proc.stderr
-    assert np.array_equal(read_pixels(tmp_path / "server" / "same.png"), read_pixels(tmp_path / "inproc" / "same.png"))
+    assert np.array_equal(read_pixels(tmp_path / "server" / "same.png"),
+                          read_pixels(tmp_path / "inproc" / "same.png"))
     settings = json.loads((tmp_path / "inproc" / "same.json").read_text())
     assert settings["backend"].startswith("in-process ComfyUI")
 
@@ -147,8 +145,8 @@ def test_host_cli_error_checkpoint_not_found_lists_available(comfy_server, files
     checkpoints.mkdir(parents=True, exist_ok=True)
     (checkpoints / "my-tiny-model.safetensors").write_bytes(b"placeholder, never loaded")
     wf = img2img_workflow()
-    wf["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
-               "_meta": {"title": "Checkpoint"}}
+    wf["1"] = {"class_type": "CheckpointLoaderSimple",
+               "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, "_meta": {"title": "Checkpoint"}}
     path = write_json(tmp_path / "wf.json", wf)
     assert_error(run_cli("edit", files["photo"], "--source", "a", "--target", "b", "--workflow", path,
                          "--server", comfy_server.url, "--out", tmp_path, "--ckpt", "nope.safetensors"),
@@ -161,7 +159,8 @@ def test_host_cli_error_guidance_vae_not_found_says_where_the_files_go(comfy_ser
     wf = swap_checkpoint_loader(load_workflow("psg_edit"))
     path = write_json(tmp_path / "wf.json", wf)
     msg = assert_error(run_cli("edit", files["photo"], "--source", "a", "--target", "b", "--workflow", path,
-                               "--server", comfy_server.url, "--out", tmp_path, "--guidance-vae", "taesd_nope"),
+                               "--server", comfy_server.url, "--out", tmp_path,
+                               "--guidance-vae", "taesd_nope"),
                        "guidance VAE 'taesd_nope'", "'Guidance VAE' (VAELoader)", "models/vae_approx",
                        "--guidance-vae none")
     assert "taesd_nope_decoder.safetensors" in msg
@@ -169,7 +168,8 @@ def test_host_cli_error_guidance_vae_not_found_says_where_the_files_go(comfy_ser
 
 
 def test_host_cli_error_guidance_vae_option_needs_the_node(comfy_server, files, tmp_path):
-    assert_error(run_cli(*edit_args(files, tmp_path, "--server", comfy_server.url, "--guidance-vae", "taesd")),
+    assert_error(run_cli(*edit_args(files, tmp_path, "--server", comfy_server.url,
+                                    "--guidance-vae", "taesd")),
                  "no node titled 'Guidance VAE'")
 
 
@@ -181,7 +181,8 @@ def test_host_cli_error_prompt_rejected_shows_node_errors(comfy_server, files, t
 
 
 def test_host_cli_error_bad_set_is_refused_before_queueing(comfy_server, files, tmp_path):
-    assert_error(run_cli(*edit_args(files, tmp_path, "--server", comfy_server.url, "--set", "Sampler.stepz=3")),
+    assert_error(run_cli(*edit_args(files, tmp_path, "--server", comfy_server.url,
+                                    "--set", "Sampler.stepz=3")),
                  "has no input 'stepz'", "steps")
     assert_error(run_cli(*edit_args(files, tmp_path, "--server", comfy_server.url,
                                     "--set", "Sampler.sampler_name=warp")), "'warp' is not one of", "euler")
@@ -246,8 +247,8 @@ def test_host_cli_batch_fails_over_from_a_dead_server(comfy_server, files, tmp_p
 
 def test_host_cli_batch_with_no_reachable_server_fails_clearly(files, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
-    assert_error(run_cli("edit-batch", dataset(tmp_path, 1), "--server", dead, "--workflow", files["workflow"],
-                         "--out", tmp_path / "out"), "cannot reach ComfyUI at " + dead)
+    assert_error(run_cli("edit-batch", dataset(tmp_path, 1), "--server", dead,
+                         "--workflow", files["workflow"], "--out", tmp_path / "out"), "cannot reach ComfyUI at " + dead)
 
 
 def test_host_cli_batch_resumes_after_a_killed_run(comfy_server, files, tmp_path):

@@ -21,7 +21,8 @@ def inprocess(comfy_host):
         yield comfy_host
 
 
-def _prompt(target: str = "a photo of a tiger", source: str = "a photo of a cat", **knobs) -> tuple[dict, str]:
+def _prompt(target: str = "a photo of a tiger", source: str = "a photo of a cat",
+            **knobs) -> tuple[dict, str]:
     graph = PSGGraph(texts=("", source, target))
     edit = graph.edit(inner_steps=INNER, **knobs)
     graph.preview(edit.out(2))
@@ -30,7 +31,7 @@ def _prompt(target: str = "a photo of a tiger", source: str = "a photo of a cat"
 
 def _run(host, prompt: dict, edit_id: str):
     """Run keeping PSG Edit's memory (ComfyUI's own output cache stays cleared: the node re-runs)."""
-    host.executor.reset()
+    host.backend.reset_cache()
     result = host.run(prompt, reuse_cache=True)
     texts = [d["text"] for e, d in result.events if e == "progress_text" and d["node"] == edit_id]
     return result, len(result.progress(edit_id)), texts

@@ -16,7 +16,7 @@ from psg_testing.host import PromptExecutionError
 from psg_testing.metric_models import save_random_alexnet, save_tiny_clip
 from psg_testing.model_folders import extra_model_folder
 
-from psg_core import plots
+from psg_eval import plots
 
 SIZE = 64
 BOX = (16, 48)  # rows/cols of the edited square
@@ -49,7 +49,8 @@ def lpips_dir(comfy_host, tmp_path_factory):
 
 
 def _arr(comfy_host, name: str) -> np.ndarray:
-    return np.asarray(Image.open(comfy_host.base_dir / "input" / name).convert("RGB"), dtype=np.float64) / 255.0
+    with Image.open(comfy_host.base_dir / "input" / name) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
 
 
 def _metrics_graph(files: dict[str, str], edited: str, *, lpips: bool):
@@ -67,10 +68,11 @@ def test_host_metrics_nodes_image_metrics_whole_and_background(comfy_host, files
     result = comfy_host.run(g.finalize())
     psnr, ssim, lp, bg_psnr, bg_ssim, bg_lp, mse, summary = (result.output(m.id, i) for i in range(8))
     src, inside = _arr(comfy_host, files["src"]), _arr(comfy_host, files["inside"])
-    assert psnr == pytest.approx(skimage.metrics.peak_signal_noise_ratio(src, inside, data_range=1.0), rel=1e-4)
+    assert psnr == pytest.approx(skimage.metrics.peak_signal_noise_ratio(src, inside, data_range=1.0),
+                                 rel=1e-4)
     assert ssim == pytest.approx(skimage.metrics.structural_similarity(
-        src, inside, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=-1),
-        abs=1e-5)
+        src, inside, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+        channel_axis=-1), abs=1e-5)
     assert mse > 0.01 and lp > 0
     # the change is inside the mask: the background metrics see a perfect match
     assert bg_psnr == 100.0 and bg_ssim == pytest.approx(1.0) and bg_lp == pytest.approx(0.0, abs=1e-6)
@@ -90,7 +92,8 @@ def test_host_metrics_nodes_image_metrics_whole_and_background(comfy_host, files
 def test_host_metrics_nodes_size_mismatch_is_one_clear_error(comfy_host, files) -> None:
     g = GraphBuilder(prefix="")
     a = g.node("LoadImage", image=files["src"])
-    small = g.node("ImageScale", image=a.out(0), upscale_method="nearest-exact", width=32, height=32, crop="disabled")
+    small = g.node("ImageScale", image=a.out(0), upscale_method="nearest-exact", width=32, height=32,
+                   crop="disabled")
     g.node("PSGImageMetrics", image_a=a.out(0), image_b=small.out(0))
     with pytest.raises(PromptExecutionError) as err:
         comfy_host.run(g.finalize())
@@ -102,7 +105,8 @@ def test_host_metrics_nodes_clip_score(comfy_host, files, tmp_path: Path) -> Non
     folder = save_tiny_clip(tmp_path / "tiny_clip")  # transformers and the tokenizer ship with ComfyUI
     g = GraphBuilder(prefix="")
     img = g.node("LoadImage", image=files["src"])
-    s = g.node("PSGCLIPScore", image=img.out(0), text="a cup of coffee", clip_model="none", folder_path=str(folder))
+    s = g.node("PSGCLIPScore", image=img.out(0), text="a cup of coffee", clip_model="none",
+               folder_path=str(folder))
     result = comfy_host.run(g.finalize())
     score = result.output(s.id)
     assert 0.0 <= score <= 100.0
@@ -126,7 +130,8 @@ def test_host_metrics_nodes_grid_and_loss_plot_sizes(comfy_host, files, lpips_di
     ck = g.node("PSGTestTinyCheckpoint", family="sd15", seed=0)
     conds = {k: g.node("CLIPTextEncode", clip=ck.out(1), text=t).out(0)
              for k, t in (("null", ""), ("source", "a cup of coffee"), ("edit", "a cup of tea"))}
-    edit = g.node("PSGEdit", model=ck.out(0), vae=ck.out(2), image=a.out(0), lpips=g.node("PSGLPIPSLoader", net="alex").out(0),
+    lpips = g.node("PSGLPIPSLoader", net="alex").out(0)
+    edit = g.node("PSGEdit", model=ck.out(0), vae=ck.out(2), image=a.out(0), lpips=lpips,
                   steps=3, scheduler="simple", w_source=0.0, w_edit=3.0, text_optimisation="negative-prompt",
                   inner_steps=1, scale=1.0, start=0.0, end=1.0, seed=0, **conds)
     plot = g.node("PSGLossPlot", losses=edit.out(2), width=320, height=200, title="loss", log_scale=True)
@@ -141,6 +146,26 @@ def test_host_metrics_nodes_grid_and_loss_plot_sizes(comfy_host, files, lpips_di
     assert len(losses) >= 1 and all(isinstance(v, float) for v in losses)
     assert tuple(result.output(plot.id).shape) == (1, 200, 320, 3)
     assert result.ui[preview.id]["images"]
+
+
+def test_host_metrics_nodes_structure_distance_is_pie_benchs(comfy_host, files, tmp_path: Path) -> None:
+    """What PSG Image Metrics reports as structure_distance (the pack as ComfyUI loaded it, with its
+    own ``<pack>.psg_eval``) equals ``python -m psg_eval``'s on the same 8-bit images (RANDOM-weight
+    DINO-shaped ViT: plumbing, not meaning); no model = unavailable."""
+    from psg_testing.pie_mini import save_random_dino
+
+    from psg_eval import dino
+
+    weights = save_random_dino(tmp_path / "dino")
+    pipeline = comfy_host.pack_module().nodes.pipelines.metrics
+    src, outside = (torch.from_numpy(_arr(comfy_host, files[k])).float().permute(2, 0, 1)[None]
+                    for k in ("src", "outside"))
+    as_uint8 = [(_arr(comfy_host, files[k]) * 255).round().astype(np.uint8) for k in ("src", "outside")]
+    reference = dino.structure_distance(dino.load_dino(weights), as_uint8[1], as_uint8[0])
+    assert reference > 0
+    assert pipeline.structure_distance(weights.parent, src, outside) == pytest.approx(reference, rel=1e-5)
+    assert pipeline.structure_distance(weights, src, src) == pytest.approx(0.0, abs=1e-12)
+    assert pipeline.structure_distance(None, src, outside) is None
 
 
 @pytest.mark.parametrize("node_id", ["PSGImageMetrics", "PSGCLIPScore", "PSGCompareGrid", "PSGLossPlot"])

@@ -11,8 +11,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import urllib.error
-import urllib.request
 
 import pytest
 from psg_testing import host
@@ -53,27 +51,19 @@ def test_host_number_inputs_every_float_widget_of_the_pack_is_checked(comfy_host
     assert checked >= 12, checked
 
 
-def post_raw(url: str, body: str) -> tuple[int, dict]:
-    """POST a JSON text as a client in any language may send it (NaN is valid for Python's json)."""
-    req = urllib.request.Request(url + "/prompt", data=body.encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 @pytest.mark.parametrize(("value", "shown"), [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf")])
-def test_host_number_inputs_nan_over_the_http_api_is_refused_before_anything_runs(value, shown, comfy_server):
+def test_host_number_inputs_nan_over_the_http_api_is_refused_before_anything_runs(value, shown,
+                                                                                   comfy_server):
+    """The CLI's client writes JSON as Python's json does, so NaN goes out as the bare ``NaN``
+    any client may send."""
     prompt = swap_checkpoint_loader(load_workflow("psg_edit"))
     edit_id = next(k for k, n in prompt.items() if n["class_type"] == "PSGEdit")
-    prompt[edit_id]["inputs"]["scale"] = "__BAD__"
-    body = json.dumps({"prompt": prompt, "client_id": "psg-nan-test"}).replace('"__BAD__"', value)
-    assert f'"scale": {value}' in body
+    prompt[edit_id]["inputs"]["scale"] = float(value)
+    assert f'"scale": {value}' in json.dumps(prompt)
     before = comfy_server.queue()
-    status, answer = post_raw(comfy_server.url, body)
-    assert status == 400, answer
-    errors = answer["node_errors"][edit_id]["errors"]
+    with pytest.raises(host.PromptValidationError) as refused:
+        comfy_server.post_prompt(prompt)
+    errors = refused.value.node_errors[edit_id]["errors"]
     details = " ".join(e.get("details", "") for e in errors)
     assert f"PSG Edit: 'scale' is {shown}" in details and "between 0 and 100" in details, errors
     assert comfy_server.queue() == before  # nothing queued, nothing ran

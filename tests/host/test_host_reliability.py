@@ -70,7 +70,8 @@ def write_inversion(path: Path, *, drop: str | None = None, meta: dict[str, str]
                     latents_shape: tuple[int, ...] | None = None) -> None:
     """A hand-made saved inversion (valid unless told otherwise), to corrupt one thing at a time."""
     shape = (1, 4, 8, 8)
-    tensors = {"sigmas": torch.linspace(0, 14, STEPS + 1), "latents": torch.zeros(latents_shape or (STEPS + 1, *shape))}
+    tensors = {"sigmas": torch.linspace(0, 14, STEPS + 1),
+               "latents": torch.zeros(latents_shape or (STEPS + 1, *shape))}
     metadata = {"format": "psg_inversion", "version": "1", "family": "SD15/EPS/SD15", "space": "VE",
                 "scheduler": "simple", "steps": str(STEPS), "latent_shape": json.dumps(list(shape)),
                 "inversion_cfg": "1.0", "mode": "", "guidance_scale": ""}
@@ -79,6 +80,12 @@ def write_inversion(path: Path, *, drop: str | None = None, meta: dict[str, str]
         metadata.pop(drop)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
+
+
+def saved_latent(server: ComfyServer, saved: dict) -> torch.Tensor:
+    """The tensor of a latent the server saved (``saved`` as in a node's ui ``latents``)."""
+    path = server.base_dir / "output" / saved["subfolder"] / saved["filename"]
+    return load_file(str(path))["latent_tensor"]
 
 
 def write_latent(path: Path, value: float) -> None:
@@ -184,7 +191,8 @@ def _load(file: str | None = None, *, family: str = "sd15", steps: int = 0,
           photo: str | None = None) -> Callable[[ComfyServer], dict]:
     def build(server: ComfyServer) -> dict:
         graph = PSGGraph(family)
-        inputs: dict[str, object] = {"file": file or server.saved_inversion, "model": graph.ck.out(0), "steps": steps}
+        inputs: dict[str, object] = {"file": file or server.saved_inversion, "model": graph.ck.out(0),
+                                     "steps": steps}
         if photo is not None:
             image = graph.node("LoadImage", image=photo)
             inputs["latent"] = graph.node("VAEEncode", pixels=image.out(0), vae=graph.ck.out(2)).out(0)
@@ -207,7 +215,8 @@ def _invert_latent_file(name: str) -> Callable[[ComfyServer], dict]:
 def _edit_decoded_latent_file(name: str) -> Callable[[ComfyServer], dict]:
     def build(_: ComfyServer) -> dict:
         graph = PSGGraph()
-        decoded = graph.node("VAEDecode", samples=graph.node("LoadLatent", latent=name).out(0), vae=graph.ck.out(2))
+        loaded = graph.node("LoadLatent", latent=name)
+        decoded = graph.node("VAEDecode", samples=loaded.out(0), vae=graph.ck.out(2))
         graph.preview(graph.edit(decoded.out(0)).out(2))
         return graph.prompt()
 
@@ -249,6 +258,7 @@ def _clip_score(clip_model: str = "none", folder_path: str = "") -> Callable[[Co
 
 
 LOAD = "PSG Load Inversion"
+SAVE_AGAIN = "save the inversion again"
 BAD_INPUTS = [
     BadInput("image_latent_size_mismatch", _sampler_from(_bigger_latent), "PSG", ("same image size",)),
     BadInput("batch_mismatch_inversion_vs_sampler", _sampler_from(_batch_of_two), "PSG", ("batch",)),
@@ -258,21 +268,24 @@ BAD_INPUTS = [
     BadInput("inversion_other_latent_size", _load(photo=PHOTO_BIG), LOAD, ("same image size",)),
     BadInput("inversion_other_step_count", _load(steps=STEPS + 3), LOAD, (f"set steps to {STEPS}",)),
     BadInput("unsupported_model_type", _unsupported_model, "PSG DDIM Inversion", ("not supported", "X0")),
-    BadInput("missing_lpips_weights", _lpips("squeeze"), "PSG LPIPS Loader", ("squeezenet1_1", "models/lpips")),
-    BadInput("missing_clip_weights_none_picked", _clip_score(), "PSG CLIPScore", ("pick a CLIP model", "clip_score")),
+    BadInput("missing_lpips_weights", _lpips("squeeze"), "PSG LPIPS Loader",
+             ("squeezenet1_1", "models/lpips")),
+    BadInput("missing_clip_weights_none_picked", _clip_score(), "PSG CLIPScore",
+             ("pick a CLIP model", "clip_score")),
     BadInput("missing_clip_weights_config_only", _clip_score(CLIP_NO_WEIGHTS), "PSG CLIPScore",
              ("could not load", "models/clip_score")),
-    BadInput("missing_clip_folder", _clip_score(folder_path="/nonexistent/clip"), "PSG CLIPScore", ("does not exist",)),
+    BadInput("missing_clip_folder", _clip_score(folder_path="/nonexistent/clip"), "PSG CLIPScore",
+             ("does not exist",)),
     BadInput("nan_latent", _invert_latent_file("psg_rel_nan.latent"), "PSG DDIM Inversion", ("NaN",)),
     BadInput("inf_latent", _invert_latent_file("psg_rel_inf.latent"), "PSG DDIM Inversion", ("inf",)),
     BadInput("nan_image", _edit_decoded_latent_file("psg_rel_nan.latent"), "PSG Edit", ("NaN",)),
     BadInput("start_after_end", _edit_with(start=0.8, end=0.2), "PSG Edit", ("start <= end",)),
     BadInput("mask_batch_mismatch", _mask_batch_of_two, "PSG Edit", ("mask", "batch")),
-    BadInput("corrupt_garbage_bytes", _load("psg_rel/garbage.safetensors"), LOAD, ("save the inversion again",)),
-    BadInput("corrupt_huge_header", _load("psg_rel/huge_header.safetensors"), LOAD, ("save the inversion again",)),
+    BadInput("corrupt_garbage_bytes", _load("psg_rel/garbage.safetensors"), LOAD, (SAVE_AGAIN,)),
+    BadInput("corrupt_huge_header", _load("psg_rel/huge_header.safetensors"), LOAD, (SAVE_AGAIN,)),
     BadInput("corrupt_no_format", _load("psg_rel/no_format.safetensors"), LOAD, ("not a PSG inversion",)),
-    BadInput("corrupt_bad_metadata", _load("psg_rel/bad_shape_json.safetensors"), LOAD, ("save the inversion again",)),
-    BadInput("corrupt_inconsistent", _load("psg_rel/inconsistent.safetensors"), LOAD, ("save the inversion again",)),
+    BadInput("corrupt_bad_metadata", _load("psg_rel/bad_shape_json.safetensors"), LOAD, (SAVE_AGAIN,)),
+    BadInput("corrupt_inconsistent", _load("psg_rel/inconsistent.safetensors"), LOAD, (SAVE_AGAIN,)),
     BadInput("corrupt_future_version", _load("psg_rel/future_version.safetensors"), LOAD, ("version",)),
     # ComfyUI 0.3.64 does not check schema combo values against their options: the nodes must.
     # A valid inversion waits at the traversal target, so loading it would give another message.
@@ -295,7 +308,8 @@ def test_host_reliability_bad_input_is_one_readable_error(server, case):
     ("overrides", "field_name"),
     [({"scale": -1.0}, "scale"), ({"w_edit": 1e6}, "w_edit"), ({"w_source": -1e6}, "w_source"),
      ({"steps": 0}, "steps"), ({"inner_steps": -3}, "inner_steps"), ({"end": 2.0}, "end")],
-    ids=["negative_scale", "huge_w_edit", "huge_negative_w_source", "zero_steps", "negative_inner_steps", "end_above_1"],
+    ids=["negative_scale", "huge_w_edit", "huge_negative_w_source", "zero_steps", "negative_inner_steps",
+         "end_above_1"],
 )
 def test_host_reliability_out_of_range_values_are_rejected_by_validation(server, overrides, field_name):
     """The schema's min/max make ComfyUI refuse the prompt before anything runs (HTTP 400)."""
@@ -323,7 +337,7 @@ def test_host_reliability_extreme_allowed_values_give_a_finite_result(server, ov
     graph.node("SaveLatent", samples=edit.out(1), filename_prefix="psg_rel/extreme")
     entry = server.run(graph.prompt())
     (saved,) = entry["outputs"][list(entry["outputs"])[0]]["latents"]
-    latent = load_file(str(server.base_dir / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    latent = saved_latent(server, saved)
     assert torch.isfinite(latent).all()
 
 
@@ -345,7 +359,7 @@ def _edit_latent(server: ComfyServer, tag: str, *, texts: tuple[str, str, str] |
     entry = server.run(graph.prompt())
     assert entry["status"]["status_str"] == "success"
     (saved,) = [item for out in entry["outputs"].values() for item in out.get("latents", [])]
-    return load_file(str(server.base_dir / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    return saved_latent(server, saved)
 
 
 HALF = -1.0
@@ -446,7 +460,8 @@ def test_host_reliability_one_node_edit_interrupt_stops_within_one_step(inproces
     with pytest.raises(PromptInterrupted) as caught:
         inprocess.run(prompt, on_progress=interrupt_at)
     assert caught.value.node_id == edit.id, f"stopped in {caught.value.node_type}, not in PSG Edit"
-    assert len(seen) == min(stop_at, total), f"{len(seen)} progress events, interrupt at event {stop_at}: {seen}"
+    assert len(seen) == min(stop_at, total), (
+        f"{len(seen)} progress events, interrupt at event {stop_at}: {seen}")
     monkeypatch.undo()
     assert len(inprocess.run(prompt).progress(edit.id)) == total  # the next prompt runs in full
 
@@ -535,13 +550,14 @@ def test_host_reliability_repeated_edits_do_not_accumulate_objects(inprocess):
 
 # --------------------------------------------------------------------------- safety
 
-PACK_DIRS = ("nodes", "psg_core", "psg_cli")
+PACK_DIRS = ("nodes", "psg_core", "psg_eval", "psg_cli")
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}
 UNSAFE_CALLS = {"eval", "exec", "compile", "__import__"}
 
 
 def _keyword_is_true(call: ast.Call, key: str) -> bool:
-    return any(k.arg == key and isinstance(k.value, ast.Constant) and k.value.value is True for k in call.keywords)
+    return any(k.arg == key and isinstance(k.value, ast.Constant) and k.value.value is True
+               for k in call.keywords)
 
 
 def unsafe_uses(source: str, where: str) -> list[str]:
@@ -557,8 +573,9 @@ def unsafe_uses(source: str, where: str) -> list[str]:
             found.append(f"{line} from {node.module} import")
         elif isinstance(node, ast.Call):
             func = node.func
-            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-            owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+            attribute = isinstance(func, ast.Attribute)
+            name = func.id if isinstance(func, ast.Name) else func.attr if attribute else ""
+            owner = func.value.id if attribute and isinstance(func.value, ast.Name) else ""
             is_true = functools.partial(_keyword_is_true, node)
             if isinstance(func, ast.Name) and name in UNSAFE_CALLS:
                 found.append(f"{line} {name}()")
@@ -600,7 +617,8 @@ def test_host_reliability_saved_inversion_is_plain_safetensors(server):
     meta = header.pop("__metadata__")
     assert meta["format"] == "psg_inversion" and meta["version"] == "1" and meta["steps"] == str(STEPS)
     assert {v["dtype"] for v in header.values()} == {"F32"}
-    assert 8 + header_len + sum(v["data_offsets"][1] - v["data_offsets"][0] for v in header.values()) == len(raw)
+    data_len = sum(v["data_offsets"][1] - v["data_offsets"][0] for v in header.values())
+    assert 8 + header_len + data_len == len(raw)
 
 
 def test_host_reliability_file_names_cannot_leave_comfy_folders(inprocess, tmp_path):
@@ -613,7 +631,7 @@ def test_host_reliability_file_names_cannot_leave_comfy_folders(inprocess, tmp_p
     result = inprocess.run(graph.prompt(), outputs=[inv.id, graph.ck.id])
     inversion, model = result.output(inv.id), result.output(graph.ck.id, 0)
     outside = base / "outside.safetensors"
-    pack.storage_nodes.to_file(inversion, str(outside))
+    pack.pipelines.storage.to_file(inversion, str(outside))
     for name in ("../../outside.safetensors", "../outside.safetensors", str(outside)):
         with pytest.raises(ValueError) as caught:
             pack.storage_nodes.PSGLoadInversion.execute(name, model, 0)
@@ -661,7 +679,7 @@ def _deterministic_edit(server: ComfyServer, seed: int) -> tuple[torch.Tensor, l
     graph.preview(edit.out(2))
     entry = server.run(graph.prompt())
     (saved,) = entry["outputs"][save.id]["latents"]
-    latent = load_file(str(server.base_dir / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    latent = saved_latent(server, saved)
     losses = [text for node_id, out in entry["outputs"].items() if node_id != save.id for text in out["text"]]
     return latent, losses
 
@@ -671,12 +689,9 @@ def test_host_reliability_bitwise_deterministic_across_runs_and_restart(server, 
     _deterministic_edit(server, seed=6)  # evicts the cached edit, so the next one recomputes
     again, again_losses = _deterministic_edit(server, seed=5)
     assert torch.equal(first, again) and first_losses == again_losses
-    restarted = ComfyServer.start(tmp_path_factory.mktemp("comfy_server_restart"), comfy_root)
-    try:
+    with ComfyServer.running(tmp_path_factory.mktemp("comfy_server_restart"), comfy_root) as restarted:
         prepare_base_dir(restarted.base_dir)
         fresh, fresh_losses = _deterministic_edit(restarted, seed=5)
-    finally:
-        restarted.stop()
     assert torch.equal(first, fresh), float((first - fresh).abs().max())
     assert first_losses == fresh_losses
 

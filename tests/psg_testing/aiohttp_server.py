@@ -14,7 +14,8 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 @contextmanager
 def serve_routes(routes: dict[str, Handler]) -> Iterator[str]:
-    """Serve GET ``routes`` (path -> aiohttp handler); yields the base URL (``http://127.0.0.1:PORT``)."""
+    """Serve ``routes`` (path -> aiohttp handler, for any method); yields the base URL
+    (``http://127.0.0.1:PORT``)."""
     from aiohttp import web
 
     ready = threading.Event()
@@ -24,7 +25,7 @@ def serve_routes(routes: dict[str, Handler]) -> Iterator[str]:
         loop = asyncio.new_event_loop()
         app = web.Application()
         for path, handler in routes.items():
-            app.router.add_get(path, handler)
+            app.router.add_route("*", path, handler)
         runner = web.AppRunner(app)
         loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)

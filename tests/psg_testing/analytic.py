@@ -93,7 +93,8 @@ class AnalyticMixture:
 
 
 def inversion_sigmas(n: int, space: NoiseSpace, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Ascending test schedule with a leading 0: SD-like log-spaced 0.03..14.6 for VE, uniform up to 1 for FLOW."""
+    """Ascending test schedule with a leading 0: SD-like log-spaced 0.03..14.6 for VE, uniform up to 1
+    for FLOW."""
     if space is NoiseSpace.VE:
         levels = torch.exp(torch.linspace(math.log(0.03), math.log(14.6), n, dtype=dtype))
     else:

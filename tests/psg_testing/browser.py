@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from psg_cli.errors import RetryableError
+from psg_cli.server_backend import ServerBackend
+
 logger = logging.getLogger(__name__)
 
 CHROMIUM_ENV = "PSG_CHROMIUM"
@@ -65,7 +68,8 @@ _DROP_JS = """([name, text]) => {
   const rect = target.getBoundingClientRect();
   const at = { clientX: rect.x + rect.width / 2, clientY: rect.y + rect.height / 2 };
   for (const type of ["dragenter", "dragover", "drop"]) {
-    target.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true, ...at }));
+    target.dispatchEvent(
+      new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true, ...at }));
   }
   return window.app.__psgLoads;
 }"""
@@ -87,7 +91,8 @@ _INSPECT_JS = """async () => {
     load_errors: app.__psgLoadErrors.splice(0),
     dialogs: [...document.querySelectorAll(".p-dialog")].filter(visible).map((d) => d.innerText.trim()),
     toasts: [...document.querySelectorAll(".p-toast-message")].filter(visible)
-      .filter((t) => !t.className.includes("p-toast-message-info") && !t.className.includes("p-toast-message-success"))
+      .filter((t) => !t.className.includes("p-toast-message-info")
+        && !t.className.includes("p-toast-message-success"))
       .map((t) => t.innerText.trim()),
   };
 }"""
@@ -320,22 +325,17 @@ class ComfyFrontend:
 def ensure_input_image(url: str, name: str, photo: Path) -> bool:
     """Upload ``photo`` as input/``name`` unless the server already has such a file (a shipped
     workflow's LoadImage refers to it; without it the node shows a broken preview). True if uploaded."""
-    import requests
-
-    url = url.rstrip("/")
-    if requests.get(f"{url}/view", params={"filename": name, "type": "input"}, timeout=30).status_code == 200:
+    client = ServerBackend(url, http_timeout=30.0)
+    try:
+        client.fetch({"filename": name, "type": "input"})
         return False
-    with open(photo, "rb") as image_file:
-        response = requests.post(f"{url}/upload/image", files={"image": (name, image_file, "image/png")},
-                                 data={"type": "input", "overwrite": "false"}, timeout=30)
-    response.raise_for_status()
+    except RetryableError:  # not there (404)
+        pass
+    client.upload_file(photo, name, overwrite=False)
     logger.info("uploaded %s as input/%s", photo, name)
     return True
 
 
 def _store_settings(url: str, settings: dict[str, Any]) -> None:
     """POST /api/settings: the frontend reads them at boot (they live in the server's user dir)."""
-    import requests
-
-    response = requests.post(f"{url.rstrip('/')}/api/settings", json=settings, timeout=30)
-    response.raise_for_status()
+    ServerBackend(url, http_timeout=30.0).post_json("/api/settings", settings)

@@ -1,6 +1,6 @@
 """Finding the ComfyUI host and making it importable as a library (CPU mode).
 
-The rest of the harness (in-process executor, server) lives in ``host_executor`` and
+The rest of the harness (in-process executor, server) lives in ``host_inprocess`` and
 ``host_server``; this module only answers "is there a host, where" and performs the
 import-order-sensitive bootstrap that everything else relies on.
 """
@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from psg_cli.inprocess_backend import put_first_on_sys_path
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +76,12 @@ def prepare_comfy_import(root: Path | None = None) -> Path:
     root = root or find_comfyui_root()
     if root is None:
         raise RuntimeError(no_host_message())
-    _put_host_first_on_sys_path(str(root))
+    put_first_on_sys_path(root)
 
     loaded_nodes = sys.modules.get("nodes")
     if (
         loaded_nodes is not None
-        and Path(getattr(loaded_nodes, "__file__", "") or "").resolve() != root / "nodes.py"
+        and Path(getattr(loaded_nodes, "__file__", "") or "").resolve() != (root / "nodes.py").resolve()
     ):
         raise RuntimeError(
             f"a module named 'nodes' was imported from {loaded_nodes.__file__!r} before the ComfyUI host: "
@@ -106,20 +108,6 @@ def prepare_comfy_import(root: Path | None = None) -> Path:
     return root
 
 
-def _put_host_first_on_sys_path(root: str) -> None:
-    """The host root must come before this repo (whose ``nodes`` package would shadow
-    ComfyUI's nodes.py); entries ComfyUI itself adds in front (comfy/) may stay."""
-    repo = str(REPO_ROOT)
-    repo_index = min(
-        (i for i, entry in enumerate(sys.path) if entry in (repo, "", ".")), default=len(sys.path)
-    )
-    if root in sys.path and sys.path.index(root) < repo_index:
-        return
-    if root in sys.path:
-        sys.path.remove(root)
-    sys.path.insert(0, root)
-
-
 def populate_custom_nodes(custom_nodes_dir: Path) -> Path:
     """Link this pack (as ComfyUI-PSG) and the test-only nodes into a custom_nodes dir."""
     custom_nodes_dir.mkdir(parents=True, exist_ok=True)
@@ -144,9 +132,8 @@ class PromptValidationError(Exception):
         lines = [f"{error.get('type')}: {error.get('message')} {error.get('details', '')}".rstrip()]
         for node_id, info in node_errors.items():
             for reason in info.get("errors", []):
-                lines.append(
-                    f"  node {node_id} ({info.get('class_type')}): {reason.get('message')}: {reason.get('details')}"
-                )
+                lines.append(f"  node {node_id} ({info.get('class_type')}): "
+                             f"{reason.get('message')}: {reason.get('details')}")
         super().__init__("\n".join(lines))
 
 

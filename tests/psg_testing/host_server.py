@@ -1,9 +1,12 @@
-"""A real ComfyUI server (``main.py --cpu``) on 127.0.0.1, and a small HTTP client for it.
+"""A real ComfyUI server (``main.py --cpu``) on 127.0.0.1 for the tests, driven through the
+CLI's own client (``psg_cli.server_backend.ServerBackend``).
 
 The server gets a temporary ``--base-directory`` (models, input, output, temp, user,
 custom_nodes) whose ``custom_nodes/`` links this pack as ComfyUI-PSG plus the test-only
 nodes, and a database inside it, so nothing is written into the host tree. Its
-stdout/stderr go to ``<base>/server.log``; ``log_tail()`` shows the end of it.
+stdout/stderr go to ``<base>/server.log``; ``log_tail()`` shows the end of it. What is
+test-specific lives here: the process, its log, and ComfyUI's error payloads turned into
+the harness's exceptions.
 
     server = ComfyServer.start(tmp_dir)
     prompt_id = server.post_prompt(prompt)
@@ -14,7 +17,7 @@ stdout/stderr go to ``<base>/server.log``; ``log_tail()`` shows the end of it.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import socket
@@ -22,13 +25,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import requests
-import websocket
-
+from psg_cli.errors import CliError, EditTimeout, PromptRejected, UnreachableError
+from psg_cli.server_backend import ServerBackend, ServerEvents
 from psg_testing import host
 
 logger = logging.getLogger(__name__)
@@ -36,21 +38,17 @@ logger = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 180.0
 """Importing torch + ComfyUI + all comfy_extras on 2 busy cores can take a minute."""
 REQUEST_TIMEOUT_S = 30.0
-POLL_INTERVAL_S = 0.1
 
 
 class ServerStartError(RuntimeError):
     pass
 
 
-class ServerEvents:
-    """The server's websocket for one client id: ComfyUI sends this client the events of
-    the prompts it posts (``executing``, ``progress``, ``executed``, ``execution_*``)."""
+class EventLog(ServerEvents):
+    """The events of one client id, as they come over the server's websocket, kept in ``received``."""
 
-    def __init__(self, url: str, client_id: str) -> None:
-        self.client_id = client_id
-        ws_url = url.replace("http://", "ws://", 1) + f"/ws?clientId={client_id}"
-        self._socket = websocket.create_connection(ws_url, timeout=REQUEST_TIMEOUT_S)
+    def __init__(self, events: ServerEvents) -> None:
+        super().__init__(events.socket, events.client_id)
         self.received: list[tuple[str, dict]] = []
 
     def wait_for(
@@ -59,29 +57,15 @@ class ServerEvents:
         """Read events until one of ``event_type`` whose data satisfies ``where``."""
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
-            self._socket.settimeout(remaining)
-            try:
-                message = self._socket.recv()
-            except websocket.WebSocketTimeoutException:
+            event = self.next_event(remaining)
+            if event is None:
                 break
-            if isinstance(message, bytes):
-                continue  # binary previews
-            event = json.loads(message)
-            self.received.append((event["type"], event.get("data", {})))
-            if event["type"] == event_type and where(event.get("data", {})):
-                return event.get("data", {})
+            self.received.append(event)
+            if event[0] == event_type and where(event[1]):
+                return event[1]
         raise TimeoutError(
             f"no {event_type!r} event within {timeout_s} s; received {[t for t, _ in self.received]}"
         )
-
-    def close(self) -> None:
-        self._socket.close()
-
-    def __enter__(self) -> ServerEvents:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def free_port() -> int:
@@ -92,14 +76,15 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    """A running ``main.py`` subprocess plus the client calls tests need."""
+    """A running ``main.py`` subprocess; ``client`` talks to it, the methods below wrap the
+    calls tests make so that failures raise the harness's exceptions."""
 
     def __init__(self, process: subprocess.Popen, url: str, base_dir: Path, log_path: Path) -> None:
         self.process = process
         self.url = url
         self.base_dir = base_dir
         self.log_path = log_path
-        self.session = requests.Session()
+        self.client = ServerBackend(url, http_timeout=REQUEST_TIMEOUT_S)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,14 +150,13 @@ class ComfyServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerStartError(
-                    f"ComfyUI server exited with code {self.process.returncode} during start-up\n{self.log_tail()}"
+                    f"ComfyUI server exited with code {self.process.returncode} during start-up\n"
+                    f"{self.log_tail()}"
                 )
-            try:
-                if self.session.get(f"{self.url}/system_stats", timeout=2).status_code == 200:
-                    logger.info("ComfyUI server ready at %s (pid %d)", self.url, self.process.pid)
-                    return
-            except requests.RequestException:
-                pass
+            with contextlib.suppress(CliError):
+                self.client.get_json("/system_stats")
+                logger.info("ComfyUI server ready at %s (pid %d)", self.url, self.process.pid)
+                return
             time.sleep(0.25)
         raise ServerStartError(f"ComfyUI server not ready after {timeout_s:.0f} s\n{self.log_tail()}")
 
@@ -183,12 +167,12 @@ class ComfyServer:
             rows = [line for line in log if line.rstrip().endswith(f"custom_nodes/{link_name}")]
             if not rows or any("IMPORT FAILED" in row for row in rows):
                 raise ServerStartError(
-                    f"the ComfyUI server did not load the custom node package {link_name!r}\n{self.log_tail(200)}"
+                    f"the ComfyUI server did not load the custom node package {link_name!r}\n"
+                    f"{self.log_tail(200)}"
                 )
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Terminate by pid, then kill if it does not exit in time."""
-        self.session.close()
         if self.process.poll() is not None:
             return
         self.process.terminate()
@@ -210,16 +194,30 @@ class ComfyServer:
         tail = "\n".join(text.splitlines()[-lines:])
         return f"----- last {lines} lines of {self.log_path} -----\n{tail}"
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, base_dir: Path, root: Path | None = None, **options: Any) -> Iterator[ComfyServer]:
+        """``start`` for the block, ``stop`` after it (also when the block raises)."""
+        server = cls.start(base_dir, root, **options)
+        try:
+            yield server
+        finally:
+            server.stop()
+
     # ------------------------------------------------------------------ client
 
-    def get_json(self, path: str, **params: Any) -> Any:
-        response = self.session.get(f"{self.url}{path}", params=params or None, timeout=REQUEST_TIMEOUT_S)
-        response.raise_for_status()
-        return response.json()
+    @contextlib.contextmanager
+    def _log_on_failure(self) -> Iterator[None]:
+        """A server that stopped answering: say so with the tail of its log."""
+        try:
+            yield
+        except UnreachableError as error:
+            raise RuntimeError(f"{error}\n{self.log_tail()}") from None
 
     def object_info(self, node_class: str | None = None) -> dict:
         """/object_info (all nodes) or /object_info/<class> (a dict with that one key)."""
-        return self.get_json(f"/object_info/{node_class}" if node_class else "/object_info")
+        with self._log_on_failure():
+            return self.client.node_info(node_class) if node_class else self.client.object_info(refresh=True)
 
     def post_prompt(
         self,
@@ -228,69 +226,55 @@ class ComfyServer:
         client_id: str | None = None,
         partial_execution_targets: list[str] | None = None,
     ) -> str:
-        """Queue an API-format prompt; PromptValidationError on HTTP 400."""
-        body: dict[str, Any] = {"prompt": prompt, "client_id": client_id or f"psg-tests-{uuid.uuid4()}"}
-        if partial_execution_targets is not None:
-            body["partial_execution_targets"] = partial_execution_targets
-        response = self.session.post(f"{self.url}/prompt", json=body, timeout=REQUEST_TIMEOUT_S)
-        if response.status_code == 400:
-            payload = response.json()
-            raise host.PromptValidationError(payload.get("error") or {}, payload.get("node_errors") or {})
-        response.raise_for_status()
-        return str(response.json()["prompt_id"])
+        """Queue an API-format prompt; PromptValidationError when ComfyUI refuses it."""
+        try:
+            with self._log_on_failure():
+                return self.client.post_prompt(
+                    prompt, client_id or f"psg-tests-{uuid.uuid4()}", partial_execution_targets
+                )
+        except PromptRejected as rejected:
+            raise host.PromptValidationError(rejected.error, rejected.node_errors) from None
 
     def history(self, prompt_id: str) -> dict | None:
         """The /history entry of a finished prompt, or None while it is queued or running."""
-        return self.get_json(f"/history/{prompt_id}").get(prompt_id)
+        with self._log_on_failure():
+            return self.client.history(prompt_id)
 
     def wait(self, prompt_id: str, timeout_s: float = 120.0, *, check: bool = True) -> dict:
-        """Poll /history until the prompt finished; with ``check`` raise PromptExecutionError
-        or PromptInterrupted (with ComfyUI's message) when it did not succeed."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            entry = self.history(prompt_id)
-            if entry is not None and entry.get("status", {}).get("completed") is not None:
-                if check:
-                    host.raise_for_status_messages(entry["status"].get("messages", []))
-                return entry
-            if not self.is_running():
-                raise RuntimeError(f"ComfyUI server died while running {prompt_id}\n{self.log_tail()}")
-            time.sleep(POLL_INTERVAL_S)
-        raise TimeoutError(f"prompt {prompt_id} not finished after {timeout_s} s\n{self.log_tail()}")
+        """Wait until the prompt finished; its /history entry. With ``check`` raise
+        PromptExecutionError or PromptInterrupted (with ComfyUI's message) when it did not succeed."""
+        try:
+            with self._log_on_failure():
+                entry = self.client.wait(prompt_id, timeout_s)
+        except EditTimeout as error:
+            raise TimeoutError(f"{error}\n{self.log_tail()}") from None
+        if check:
+            host.raise_for_status_messages(entry["status"].get("messages", []))
+        return entry
 
     def run(self, prompt: dict, timeout_s: float = 120.0) -> dict:
         """post_prompt + wait."""
         return self.wait(self.post_prompt(prompt), timeout_s)
 
-    def events(self, client_id: str | None = None) -> ServerEvents:
+    def events(self, client_id: str | None = None) -> EventLog:
         """Open the websocket; post prompts with ``client_id=events.client_id`` to get theirs."""
-        return ServerEvents(self.url, client_id or f"psg-tests-{uuid.uuid4()}")
+        return EventLog(self.client.events(client_id or f"psg-tests-{uuid.uuid4()}"))
 
     def queue(self) -> dict:
-        return self.get_json("/queue")
+        with self._log_on_failure():
+            return self.client.queue()
 
     def interrupt(self) -> None:
-        self.session.post(f"{self.url}/interrupt", timeout=REQUEST_TIMEOUT_S).raise_for_status()
+        with self._log_on_failure():
+            self.client.interrupt()
 
     def upload_image(self, path: Path, *, subfolder: str = "", overwrite: bool = True) -> dict:
         """POST /upload/image; returns {"name", "subfolder", "type"} for a LoadImage input."""
         path = Path(path)
-        with open(path, "rb") as image_file:
-            response = self.session.post(
-                f"{self.url}/upload/image",
-                files={"image": (path.name, image_file, "image/png")},
-                data={"subfolder": subfolder, "overwrite": json.dumps(overwrite), "type": "input"},
-                timeout=REQUEST_TIMEOUT_S,
-            )
-        response.raise_for_status()
-        return response.json()
+        with self._log_on_failure():
+            return self.client.upload_file(path, path.name, subfolder, overwrite)
 
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:  # noqa: A002
         """GET /view: the bytes of an output/input/temp file (keywords as in ui["images"])."""
-        response = self.session.get(
-            f"{self.url}/view",
-            params={"filename": filename, "subfolder": subfolder, "type": type},
-            timeout=REQUEST_TIMEOUT_S,
-        )
-        response.raise_for_status()
-        return response.content
+        with self._log_on_failure():
+            return self.client.fetch({"filename": filename, "subfolder": subfolder, "type": type})

@@ -22,8 +22,8 @@ LAUNCHER = Path(__file__).resolve()
 class _OnlyAllowed(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 (importlib protocol)
         if fullname.partition(".")[0] not in ALLOWED:
-            raise ModuleNotFoundError(f"No module named '{fullname}' (light client: stdlib + Pillow + numpy only)",
-                                      name=fullname)
+            raise ModuleNotFoundError(
+                f"No module named '{fullname}' (light client: stdlib + Pillow + numpy only)", name=fullname)
         return None
 
 

@@ -34,7 +34,8 @@ def byte_level_tokenizer_files(folder: Path) -> Path:
     mark), so any text tokenizes; for tests that run without ComfyUI's tokenizer files."""
     import json
 
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     # byte-level BPE's alphabet: printable bytes stand for themselves, the others map past 255
     chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
@@ -50,7 +51,8 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
 
     tok_dir = tokenizer_dir() or byte_level_tokenizer_files(folder / "byte_tokenizer")
     tok = transformers.CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"))
-    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32},
+                                             crop_size={"height": 32, "width": 32})
     tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     cfg = transformers.CLIPConfig(
         text_config={**tiny, "vocab_size": tok.vocab_size, "max_position_embeddings": 77,

@@ -67,7 +67,8 @@ class EditScene:
         return self.decoder(z.float())
 
     def sample(self, perceptual: PerceptualGuidance | None = None, denoise=None) -> Tensor:
-        return ddim_sample(denoise or self.model, self.noise, self.sigmas, self.guidance, perceptual=perceptual)
+        return ddim_sample(denoise or self.model, self.noise, self.sigmas, self.guidance,
+                           perceptual=perceptual)
 
     def guide(self, loss, **kwargs) -> PerceptualGuidance:
         return PerceptualGuidance(self.decode, self.reference, loss=loss, **kwargs)

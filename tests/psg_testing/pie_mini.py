@@ -48,7 +48,8 @@ RECORDS = {
     },
     "900000000003": {
         "image_path": "9_change_style_80/900000000003.jpg", "sample": "astronaut", "editing_type_id": "9",
-        "original_prompt": "a photo of an astronaut", "editing_prompt": "a [watercolor painting] of an astronaut",
+        "original_prompt": "a photo of an astronaut",
+        "editing_prompt": "a [watercolor painting] of an astronaut",
         "editing_instruction": "Make it a watercolor painting", "blended_word": "",
         "mask": [],  # nothing marked: only the forced border counts as edited
     },

@@ -43,7 +43,8 @@ def prepare_base_dir(base_dir: Path) -> None:
 class PSGGraph:
     """An API-format prompt under construction: tiny checkpoint, three prompts, a photo."""
 
-    def __init__(self, family: str = "sd15", photo: str = PHOTO, *, texts: tuple[str, str, str] | None = None):
+    def __init__(self, family: str = "sd15", photo: str = PHOTO, *,
+                 texts: tuple[str, str, str] | None = None):
         self.g = g = GraphBuilder(prefix="")
         self.ck = g.node("PSGTestTinyCheckpoint", family=family, seed=0)
         null, source, edit = texts or ("", "a photo of a cat", "a photo of a tiger")
@@ -70,15 +71,17 @@ class PSGGraph:
         return self._lpips
 
     def inversion(self, latent: Any = None, *, steps: int = STEPS, model: Any = None) -> Any:
-        return self.g.node("PSGDDIMInversion", model=model or self.ck.out(0), latent=latent or self.latent.out(0),
-                           source=self.source.out(0), steps=steps, scheduler="simple", cfg=1.0)
+        return self.g.node("PSGDDIMInversion", model=model or self.ck.out(0),
+                           latent=latent or self.latent.out(0), source=self.source.out(0), steps=steps,
+                           scheduler="simple", cfg=1.0)
 
     def optimize(self, inversion: Any, *, mode: str = "null-text optimisation", inner_steps: int = 2) -> Any:
         return self.g.node("PSGTextGuidanceOptimize", model=self.ck.out(0), inversion=inversion.out(0),
                            source=self.source.out(0), null=self.null.out(0), mode=mode, guidance_scale=3.0,
                            inner_steps=inner_steps, tolerance=1e-5)
 
-    def sample(self, inversion: Any, latent: Any, *, steps: int = STEPS, mask: Any = None, scale: float = 1.0) -> Any:
+    def sample(self, inversion: Any, latent: Any, *, steps: int = STEPS, mask: Any = None,
+               scale: float = 1.0) -> Any:
         """Guider + perceptual sampler + SamplerCustomAdvanced from ``latent``; returns the sampler node."""
         g = self.g
         guider = g.node("PSGTriplePromptGuider", model=self.ck.out(0), null=self.null.out(0),
@@ -86,8 +89,8 @@ class PSGGraph:
                         inversion=inversion.out(0))
         extra = {"mask": mask} if mask is not None else {}
         sampler = g.node("PSGPerceptualSampler", vae=self.ck.out(2), reference=self.image.out(0),
-                         lpips=self.lpips.out(0), scale=scale, start=0.0, end=1.0, every=1, gradient="x0 (fast)",
-                         inversion=inversion.out(0), **extra)
+                         lpips=self.lpips.out(0), scale=scale, start=0.0, end=1.0, every=1,
+                         gradient="x0 (fast)", inversion=inversion.out(0), **extra)
         sigmas = g.node("BasicScheduler", model=self.ck.out(0), scheduler="simple", steps=steps, denoise=1.0)
         return g.node("SamplerCustomAdvanced", noise=g.node("DisableNoise").out(0), guider=guider.out(0),
                       sampler=sampler.out(0), sigmas=sigmas.out(0), latent_image=latent)

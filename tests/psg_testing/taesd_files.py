@@ -20,7 +20,8 @@ LATENT_CHANNELS = {"taesd": 4, "taesdxl": 4, "taesd3": 16, "taef1": 16}
 """``VAELoader`` name -> latent channels of the model family it belongs to."""
 
 
-def write_random_taesd(vae_approx: Path, names: tuple[str, ...] = ("taesd", "taesdxl"), seed: int = 0) -> list[Path]:
+def write_random_taesd(vae_approx: Path, names: tuple[str, ...] = ("taesd", "taesdxl"),
+                       seed: int = 0) -> list[Path]:
     """Write ``<name>_encoder.safetensors`` and ``<name>_decoder.safetensors`` (idempotent);
     returns the paths. Needs ComfyUI importable (``comfy.taesd.taesd``)."""
     from comfy.taesd.taesd import Decoder, Encoder
@@ -36,7 +37,8 @@ def write_random_taesd(vae_approx: Path, names: tuple[str, ...] = ("taesd", "tae
                 continue
             module = make(latent_channels=channels)
             # comfy.ops.disable_weight_init leaves the weights uninitialised (garbage / NaN): set them
-            init_parameters(module, torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(path.name.encode())))
+            file_seed = seed * 1_000_003 + zlib.crc32(path.name.encode())
+            init_parameters(module, torch.Generator().manual_seed(file_seed))
             state = {k: v.contiguous() for k, v in module.state_dict().items()}
             tmp = path.with_suffix(".part")
             save_file(state, str(tmp))

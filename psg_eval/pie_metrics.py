@@ -8,16 +8,17 @@ PnPInversion (``evaluation/evaluate.py`` + ``matrics_calculator.py`` of cure-lab
   ``mask``; the plain names use no mask. A part with no pixels gives NaN.
 * PSNR and SSIM with data range 1 (torchmetrics' definitions: SSIM with an 11-tap Gaussian
   window, sigma 1.5, K1 0.01, K2 0.03, reflect padding and the map averaged over the whole
-  image: :func:`ssim_full_image`), MSE the mean over pixels and channels; LPIPS is
+  image: ``image_metrics.ssim(..., border="reflect")``), MSE the mean over pixels and channels;
+  LPIPS is
   **SqueezeNet** LPIPS v0.1 on [-1, 1] images; structure distance: :mod:`psg_eval.dino`.
 * CLIP similarity: CLIPScore = 100 * max(cos, 0) of CLIP ViT-L/14 image and text embeddings,
   prompts without ``[`` ``]``; ``*_edit_part`` scores ``uint8(image * mask)``.
 
-PSNR, MSE, LPIPS and CLIPScore use this pack's formulas (``psg_core.metrics``,
-``psg_core.clip_score``), which equal torchmetrics' to float rounding (tested); PSNR of identical parts is reported as
-``psg_core.metrics.PSNR_CAP`` where torchmetrics gives inf.
+PSNR, MSE, SSIM, LPIPS and CLIPScore are this package's (:mod:`psg_eval.image_metrics`,
+:mod:`psg_eval.clip_score`), which equal torchmetrics' to float rounding (tested); PSNR of
+identical parts is reported as ``image_metrics.PSNR_CAP`` where torchmetrics gives inf.
 
-This pack's set (``pack_*``): ``psg_core.metrics.image_metrics`` with AlexNet LPIPS, whole
+This pack's set (``pack_*``): :func:`psg_eval.image_metrics.image_metrics` with AlexNet LPIPS, whole
 image and background (``bg_``: both images times ``1 - mask``, as above), plus the stricter
 background averages ``bgavg_mse`` / ``bgavg_psnr``: the squared error averaged over the
 unedited pixels only, so a small background is not diluted by the edited pixels.
@@ -31,11 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
-from psg_core import metrics as core_metrics
 
 from . import dino
+from . import image_metrics as im
 
 PNP_DEFAULT = (
     "structure_distance",
@@ -62,7 +61,7 @@ class MetricModels:
     lpips_squeeze: object | None = None
     lpips_alex: object | None = None
     dino: dino.DinoViT | None = None
-    clip: object | None = None  # psg_core.clip_score.ClipScorer
+    clip: object | None = None  # clip_score.ClipScorer
     dino_antialias: bool = False
 
 
@@ -101,46 +100,25 @@ def _tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
 
-def _core_mask(keep: np.ndarray | None) -> torch.Tensor | None:
-    """psg_core multiplies by ``1 - mask``: hand it ``1 - keep`` so the product keeps ``keep``."""
+def _mask_of_kept(keep: np.ndarray | None) -> torch.Tensor | None:
+    """The metrics multiply by ``1 - mask``: hand them ``1 - keep`` so the product keeps ``keep``."""
     return None if keep is None else torch.from_numpy(1.0 - keep.astype(np.float32))[None, None]
-
-
-def ssim_full_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
-    """SSIM as torchmetrics computes it (PnPInversion's): the images are reflect-padded by the
-    Gaussian window's radius and the SSIM map is averaged over every pixel, border windows
-    included; variances are clamped at 0. ``psg_core.metrics.ssim`` (scikit-image's) instead
-    averages only the windows that fit inside the image, so the two differ near edges."""
-    taps = core_metrics._gaussian_taps(core_metrics.SSIM_SIGMA, core_metrics.SSIM_TRUNCATE, a.device)
-    k, channels = taps.numel(), a.shape[1]
-    radius = (k - 1) // 2
-    rows, cols = taps.view(1, 1, 1, k).repeat(channels, 1, 1, 1), taps.view(1, 1, k, 1).repeat(channels, 1, 1, 1)
-    x, y = (F.pad(t.double(), (radius,) * 4, mode="reflect") for t in (a, b))
-    stack = torch.cat([x, y, x * x, y * y, x * y])  # the 2-D Gaussian is separable: two 1-D passes
-    blurred = F.conv2d(F.conv2d(stack, rows, groups=channels), cols, groups=channels)
-    mu_x, mu_y, xx, yy, xy = blurred.split(x.shape[0])
-    var_x = (xx - mu_x**2).clamp_min(0.0)
-    var_y = (yy - mu_y**2).clamp_min(0.0)
-    cov = xy - mu_x * mu_y
-    c1, c2 = (core_metrics.SSIM_K1 * data_range) ** 2, (core_metrics.SSIM_K2 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return float(ssim_map.mean())
 
 
 def _pair_metric(kind: str, pair: EditPair, keep: np.ndarray | None, models: MetricModels) -> float:
     if kind == "structure_distance":
         return dino.structure_distance(models.dino, pair.edit, pair.photo, keep, models.dino_antialias)
-    edit, photo, m = _tensor(pair.edit), _tensor(pair.photo), _core_mask(keep)
+    edit, photo, m = _tensor(pair.edit), _tensor(pair.photo), _mask_of_kept(keep)
     if kind == "ssim":
-        edit, photo = core_metrics.background(edit, photo, m, "SSIM")
-        return ssim_full_image(edit, photo)
+        return float(im.ssim(edit, photo, m, border="reflect")[0])
     if kind == "lpips":
-        return float(core_metrics.lpips_distance(models.lpips_squeeze, edit, photo, m)[0])
-    fn: Callable[..., torch.Tensor] = core_metrics.PIXEL_METRICS[kind]
+        return float(im.lpips_distance(models.lpips_squeeze, edit, photo, m)[0])
+    fn: Callable[..., torch.Tensor] = im.PIXEL_METRICS[kind]
     return float(fn(edit, photo, m)[0])
 
 
-def _clip(pair: EditPair, models: MetricModels, image: np.ndarray, text: str, keep: np.ndarray | None) -> float:
+def _clip(pair: EditPair, models: MetricModels, image: np.ndarray, text: str,
+          keep: np.ndarray | None) -> float:
     if keep is not None:
         image = (image * keep[..., None]).astype(np.uint8)
     return float(models.clip.score(_tensor(image), text)[0])
@@ -153,7 +131,9 @@ def pnp_metric(name: str, pair: EditPair, models: MetricModels) -> float:
     if name == "clip_similarity_target_image":
         return _clip(pair, models, pair.edit, pair.target_prompt, None)
     if name == "clip_similarity_target_image_edit_part":
-        return math.nan if pair.mask.sum() == 0 else _clip(pair, models, pair.edit, pair.target_prompt, pair.mask)
+        if pair.mask.sum() == 0:
+            return math.nan
+        return _clip(pair, models, pair.edit, pair.target_prompt, pair.mask)
     for part in PARTS[1:]:
         if name.endswith(part):
             kind = name.removesuffix(part)
@@ -165,17 +145,17 @@ def pnp_metric(name: str, pair: EditPair, models: MetricModels) -> float:
 
 
 def pack_metrics(pair: EditPair, models: MetricModels, names: list[str]) -> dict[str, float]:
-    """This pack's metrics (``psg_core.metrics.image_metrics``) under ``pack_`` names."""
+    """This pack's metrics (``image_metrics.image_metrics``) under ``pack_`` names."""
     edit, photo = _tensor(pair.edit), _tensor(pair.photo)
     mask = torch.from_numpy(pair.mask.astype(np.float32))[None, None]
-    values = core_metrics.image_metrics(edit, photo, mask, models.lpips_alex)
+    values = im.image_metrics(edit, photo, mask, models.lpips_alex)
     out = {f"pack_{k}" + ("_alex" if k.endswith("lpips") else ""): (math.nan if v is None else float(v))
            for k, v in values.items()}
     background = float((1.0 - pair.mask).mean())
     out["pack_bgavg_mse"] = out["pack_bg_mse"] / background if background > 0 else math.nan
     bgavg = out["pack_bgavg_mse"]
-    out["pack_bgavg_psnr"] = (math.nan if math.isnan(bgavg) else core_metrics.PSNR_CAP if bgavg <= 0
-                              else min(10.0 * math.log10(1.0 / bgavg), core_metrics.PSNR_CAP))
+    out["pack_bgavg_psnr"] = (math.nan if math.isnan(bgavg) else im.PSNR_CAP if bgavg <= 0
+                              else min(10.0 * math.log10(1.0 / bgavg), im.PSNR_CAP))
     return {k: out[k] for k in names}
 
 

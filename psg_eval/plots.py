@@ -38,7 +38,8 @@ _HEAT = torch.tensor([
     [0.99, 0.85, 0.20],
     [1.00, 1.00, 0.95],
 ])
-_CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+_CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+                  (23, 190, 207)]
 
 
 def font(size: int = 14) -> ImageFont.ImageFont:
@@ -59,14 +60,16 @@ def colormap(values: torch.Tensor) -> torch.Tensor:
     return rgb.movedim(-1, 0)
 
 
-def _to_pil(image: torch.Tensor) -> Image.Image:
+def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) in [0, 1] -> RGB PIL image."""
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     return Image.fromarray(arr)
 
 
-def _from_pil(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """A PIL image (any mode) -> (3, H, W) RGB float in [0, 1]."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def _fmt(value: float) -> str:
@@ -96,9 +99,11 @@ def comparison_grid(source: torch.Tensor, edit: torch.Tensor, *, vmax: float | N
     """
     for name, t in (("source", source), ("edit", edit)):
         if not torch.is_tensor(t) or t.ndim != 4 or t.shape[1] != 3:
-            raise ValueError(f"grid: the {name} image must be (batch, 3, height, width), got {tuple(t.shape)}.")
+            raise ValueError(f"grid: the {name} image must be (batch, 3, height, width), "
+                             f"got {tuple(t.shape)}.")
     if edit.shape[-2:] != source.shape[-2:]:
-        logger.info("grid: resizing the edit %s to the source size %s", tuple(edit.shape[-2:]), tuple(source.shape[-2:]))
+        logger.info("grid: resizing the edit %s to the source size %s", tuple(edit.shape[-2:]),
+                    tuple(source.shape[-2:]))
         edit = F.interpolate(edit.float(), size=source.shape[-2:], mode="bilinear", align_corners=False)
     n = max(source.shape[0], edit.shape[0])
     source = source.float().cpu().expand(n, -1, -1, -1)
@@ -120,12 +125,12 @@ def _one_grid(source: torch.Tensor, edit: torch.Tensor, diff: torch.Tensor, vmax
     f = font(13)
     for k, (panel, label) in enumerate(zip((source, edit, heat), labels, strict=False)):
         x = k * (w + GAP)
-        canvas.paste(_to_pil(panel), (x, LABEL_HEIGHT))
+        canvas.paste(to_pil(panel), (x, LABEL_HEIGHT))
         draw.text((x + 2, 3), str(label), fill=TEXT, font=f)
     # colour bar: top = vmax, bottom = 0
     bx = 3 * (w + GAP)
     ramp = torch.linspace(1.0, 0.0, h).view(h, 1).expand(h, BAR_WIDTH)
-    canvas.paste(_to_pil(colormap(ramp)), (bx, LABEL_HEIGHT))
+    canvas.paste(to_pil(colormap(ramp)), (bx, LABEL_HEIGHT))
     draw.rectangle([bx, LABEL_HEIGHT, bx + BAR_WIDTH - 1, LABEL_HEIGHT + h - 1], outline=TEXT)
     small = font(11)
     for frac in (1.0, 0.5, 0.0):
@@ -133,7 +138,7 @@ def _one_grid(source: torch.Tensor, edit: torch.Tensor, diff: torch.Tensor, vmax
         draw.line([bx + BAR_WIDTH, y, bx + BAR_WIDTH + 3, y], fill=TEXT)
         ty = min(max(y - 6, LABEL_HEIGHT), LABEL_HEIGHT + h - 12)
         draw.text((bx + BAR_WIDTH + 5, ty), _fmt(top * frac), fill=TEXT, font=small)
-    return _from_pil(canvas)
+    return from_pil(canvas)
 
 
 # --------------------------------------------------------------------------- loss plots
@@ -186,7 +191,7 @@ def loss_plot(losses: object, *, width: int = 512, height: int = 320, title: str
     steps = max((len(vs) for vs in curves.values()), default=0)
     if not finite:
         draw.text((left + 10, (top + bottom) // 2 - 7), "no losses recorded", fill=TEXT, font=f)
-        return _from_pil(canvas)
+        return from_pil(canvas)
     use_log = log_y and min(finite) > 0
     if log_y and not use_log:
         logger.info("loss plot: a value <= 0, using a linear axis")
@@ -227,10 +232,4 @@ def loss_plot(losses: object, *, width: int = 512, height: int = 320, title: str
             segment = []
         if len(curves) > 1:
             draw.text((right - 120, top + 4 + 14 * k), f"- {name}", fill=colour, font=small)
-    return _from_pil(canvas)
-
-
-def to_comfy_image(chw: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) or (B, 3, H, W) -> ComfyUI IMAGE (B, H, W, 3)."""
-    t = chw if chw.ndim == 4 else chw[None]
-    return t.movedim(1, -1).contiguous().float()
+    return from_pil(canvas)
