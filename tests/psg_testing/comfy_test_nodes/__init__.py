@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# ComfyUI imports this package by file path; make ``psg_testing`` importable (a no-op
-# under pytest, needed inside a server process).
-_TESTS_DIR = str(Path(__file__).resolve().parents[2])
-if _TESTS_DIR not in sys.path:
-    sys.path.append(_TESTS_DIR)
+# ComfyUI imports this package by file path; make ``psg_testing`` and the ``psg_cli`` it uses
+# importable (a no-op under pytest, needed inside a server process). Appended: ComfyUI's own
+# top-level modules (its nodes.py before this repo's nodes package) keep precedence.
+for _folder in Path(__file__).resolve().parents[2:4]:  # tests/, the repository root
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 from comfy_api.latest import ComfyExtension, io  # noqa: E402
 
