@@ -7,7 +7,6 @@ from comfy_api.latest import io
 
 from . import validation
 from .pipelines.metrics import comparison_grid, loss_plot
-from .psg_types import PSGLossesType
 
 
 class PSGCompareGrid(io.ComfyNode):
@@ -68,11 +67,8 @@ class PSGLossPlot(io.ComfyNode):
             description="Plots per-step losses (e.g. PSG Edit's 'losses' output: the LPIPS loss at each "
                         "guided step).",
             inputs=[
-                io.MultiType.Input(
-                    "losses", types=[io.Float, PSGLossesType],
-                    tooltip="Per-step losses: a FLOAT list (PSG Edit's losses output) or a PSG_LOSSES "
-                            "object.",
-                ),
+                io.Float.Input("losses", force_input=True,
+                               tooltip="Per-step losses: a FLOAT list, e.g. PSG Edit's losses output."),
                 io.Int.Input("width", default=512, min=160, max=4096, step=8,
                              tooltip="Plot width in pixels."),
                 io.Int.Input("height", default=320, min=120, max=4096, step=8,

@@ -14,9 +14,6 @@ PSGInversionType = io.Custom("PSG_INVERSION")
 PSGLpipsType = io.Custom("PSG_LPIPS")
 PSGP2PType = io.Custom("PSG_P2P")
 """Prompt-to-prompt settings (``pipelines.attention_patches.P2PSettings``)."""
-PSGLossesType = io.Custom("PSG_LOSSES")
-"""Per-step guidance losses: a list of floats (or {name: [floats]}); plotted by PSG Loss Plot."""
-
 
 
 class TextMode(str, Enum):

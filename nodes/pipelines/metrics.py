@@ -149,12 +149,9 @@ def comparison_grid(node: str, source: torch.Tensor, edit: torch.Tensor,
 
 
 def loss_plot(node: str, losses: list, width: int, height: int, title: str, log_scale: bool) -> torch.Tensor:
-    """Per-step losses (a FLOAT list, or one PSG_LOSSES object) as a plot IMAGE."""
-    values: Any = losses
-    if len(losses) == 1 and not isinstance(losses[0], (int, float)):
-        values = losses[0]  # one PSG_LOSSES object (or a list inside)
+    """Per-step losses (a FLOAT list) as a plot IMAGE."""
     try:
-        image = plots.loss_plot(values, width=width, height=height, title=title, log_y=log_scale)
+        image = plots.loss_plot(losses, width=width, height=height, title=title, log_y=log_scale)
     except ValueError as err:
         raise ValueError(f"{node}: {err}") from None
     return host.bchw_to_image(image)
