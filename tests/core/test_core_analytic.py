@@ -28,7 +28,8 @@ def test_closed_form_matches_monte_carlo(space: NoiseSpace, sigma: float) -> Non
 
     closed = model(x_star, s, [cond])[0][0]
     z = ((closed - mc).abs() / se).max().item()
-    print(f"{space.value} sigma={sigma}: max |closed - MC| = {(closed - mc).abs().max():.2e}, {z:.2f} standard errors")
+    print(f"{space.value} sigma={sigma}: max |closed - MC| = {(closed - mc).abs().max():.2e}, {z:.2f} "
+          "standard errors")
     assert z < 5.0, f"closed form is {z:.1f} standard errors from the Monte-Carlo posterior mean"
 
 

@@ -102,7 +102,8 @@ def test_blend_mask_and_local_blend_keep_source_outside() -> None:
     x_src, x_edit = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     out = local_blend(x_src, x_edit, mask)
     outside = (mask == 0).expand_as(out)
-    assert torch.equal(out[outside], x_src[outside]) and torch.allclose(out[~outside], x_edit[~outside], atol=1e-6)
+    assert torch.equal(out[outside], x_src[outside]) and torch.allclose(
+        out[~outside], x_edit[~outside], atol=1e-6)
 
 
 def test_attention_mask_as_perceptual_mask_zeroes_the_edited_region_gradient() -> None:
@@ -143,7 +144,8 @@ def test_two_branch_identity_and_source_reconstruction(space: NoiseSpace) -> Non
     assert (out.edit - out.source).abs().max() > 1e-3  # the edit branch did edit
     # identity: edit prompt = source prompt, same weights, no offsets: both branches agree exactly
     nulls = negative_prompt_nulls(traj, source)
-    same = two_branch_sample(_branches(model), traj.noise, sigmas.flip(0), TextGuidance(null, source, source, 0.0, scale),
+    same = two_branch_sample(_branches(model), traj.noise, sigmas.flip(0),
+                             TextGuidance(null, source, source, 0.0, scale),
                              source_scale=scale, space=space, nulls=nulls)
     assert torch.equal(same.edit, same.source)
 

@@ -22,7 +22,8 @@ OBJECT_INFO = {
     "PSGEdit": {"input": {"required": {"image": ["IMAGE"], "fast": ["BOOLEAN", {}],
                                        "mode": ["COMBO", {"options": ["a", "b"]}]},
                           "optional": {"mask": ["MASK"]}}},
-    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["one.safetensors", "two.safetensors"]]}}},
+    "CheckpointLoaderSimple": {
+        "input": {"required": {"ckpt_name": [["one.safetensors", "two.safetensors"]]}}},
     "LoadImage": {"input": {"required": {"image": [["x.png"], {"image_upload": True}]}}},
     "CLIPTextEncode": {"input": {"required": {"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]}}},
 }
@@ -108,7 +109,8 @@ def test_core_cli_mask_is_wired_into_free_mask_inputs():
 def test_core_cli_rejection_and_failure_messages_name_the_node():
     p = prompt()
     text = workflow.describe_rejection({"error": {"message": "Prompt outputs failed validation"},
-                                        "node_errors": {"5": {"errors": [{"message": "Value 0 smaller than min of 1",
+                                        "node_errors": {"5": {"errors": [{"message": "Value 0 smaller than "
+                                                                                     "min of 1",
                                                                           "details": "steps"}]}}}, p)
     assert "node 5 'Sampler' (KSampler): Value 0 smaller than min of 1: steps" in text
     text = workflow.describe_execution_error({"node_id": "6", "exception_type": "RuntimeError",
@@ -125,7 +127,8 @@ def test_core_cli_ui_format_workflow_is_refused(tmp_path):
 
 def test_core_cli_mask_from_box_marks_the_box_white(tmp_path):
     Image.new("RGB", (40, 20)).save(tmp_path / "p.png")
-    mask = np.asarray(Image.open(edit.mask_from_box(tmp_path / "p.png", [0.25, 0.5, 0.75, 1.0], tmp_path / "m.png")))
+    mask = np.asarray(Image.open(edit.mask_from_box(tmp_path / "p.png", [0.25, 0.5, 0.75, 1.0],
+                                                    tmp_path / "m.png")))
     assert mask.shape == (20, 40)
     assert mask[10:, 10:30].min() == 255 and mask.sum() == 255 * 10 * 20
     with pytest.raises(CliError, match="mask_box"):
@@ -160,7 +163,8 @@ def test_core_cli_dataset_formats(tmp_path):
         dataset.load_dataset(pie, tmp_path / "in")
 
     for bad, message in (([{"id": "y"}], "needs image, source and target"),
-                         ([{"id": "y", "image": "nope.png", "source": "s", "target": "t"}], "image not found"),
+                         ([{"id": "y", "image": "nope.png", "source": "s", "target": "t"}],
+                          "image not found"),
                          ([{"id": "y", "image": "a.png", "source": "s", "target": "t"}] * 2, "duplicate id"),
                          (["no"], "expected a list of edit records")):
         path = tmp_path / "bad.json"

@@ -10,7 +10,8 @@ from psg_cli.errors import CliError
 
 
 def _args(*extra: str):
-    return main.build_parser().parse_args(["edit", "cat.png", "--source", "a cat", "--target", "a tiger", *extra])
+    return main.build_parser().parse_args(["edit", "cat.png", "--source", "a cat", "--target", "a tiger",
+                                           *extra])
 
 
 def test_core_cli_p2p_picks_the_p2p_workflow_and_sets_its_node() -> None:

@@ -18,7 +18,8 @@ F64 = torch.float64
 schedule = inversion_sigmas
 
 
-def setup(space: NoiseSpace, seed: int = 0) -> tuple[AnalyticMixture, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def setup(space: NoiseSpace, seed: int = 0) -> tuple[AnalyticMixture, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor, torch.Tensor]:
     model = AnalyticMixture.random(k=3, dim=8, std=0.5, space=space, seed=seed)
     source, edit = model.component_embedding(0), model.component_embedding(1)
     null = torch.zeros(1, model.dim, dtype=F64)
@@ -44,7 +45,8 @@ def test_reconstruction_error_shrinks_with_steps(space: NoiseSpace) -> None:
     steps = [10, 25, 50, 100]
     errors = [rmse(reconstruct(model, x0, guidance, n, space), x0) for n in steps]
     orders = [math.log(errors[i] / errors[i + 1]) / math.log(steps[i + 1] / steps[i]) for i in range(3)]
-    print(f"{space.value}: rmse {[f'{e:.2e}' for e in errors]}, observed order {[f'{o:.2f}' for o in orders]}")
+    print(f"{space.value}: rmse {[f'{e:.2e}' for e in errors]}, "
+          f"observed order {[f'{o:.2f}' for o in orders]}")
     assert all(errors[i + 1] < errors[i] for i in range(3)), errors
     assert sum(orders) / 3 > 0.5, f"inversion should converge at first order or better, got {orders}"
 

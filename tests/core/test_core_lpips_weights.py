@@ -56,7 +56,8 @@ def test_finds_backbone_in_models_folder_and_loads_its_weights(tmp_path, net):
 def test_heads_are_the_packaged_ones(tmp_path):
     torch.save(_random_backbone("squeeze", seed=0), tmp_path / BACKBONE_FILES["squeeze"])
     model = load_lpips("squeeze", [tmp_path])
-    heads = torch.load(Path(lpips.__file__).parent / "weights/v0.1/squeeze.pth", map_location="cpu", weights_only=True)
+    heads = torch.load(Path(lpips.__file__).parent / "weights/v0.1/squeeze.pth", map_location="cpu",
+                       weights_only=True)
     for key, value in heads.items():
         assert torch.equal(model.state_dict()[key], value), key
 
@@ -98,6 +99,7 @@ def test_wrong_checkpoint_and_unknown_net_are_rejected(tmp_path):
 
 
 def test_pickled_objects_are_refused(tmp_path):
-    torch.save({"features.0.weight": argparse.Namespace(note="arbitrary pickled object")}, tmp_path / BACKBONE_FILES["alex"])
+    torch.save({"features.0.weight": argparse.Namespace(note="arbitrary pickled object")},
+               tmp_path / BACKBONE_FILES["alex"])
     with pytest.raises(Exception, match="(?i)weights.only|unsupported|global"):
         load_lpips("alex", [tmp_path])

@@ -22,7 +22,8 @@ def mse(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return (image - reference).pow(2).mean()
 
 
-def round_trip_rmse(space: NoiseSpace, steps: int, convention: InversionInput | None, seeds: int = 3) -> float:
+def round_trip_rmse(space: NoiseSpace, steps: int, convention: InversionInput | None,
+                    seeds: int = 3) -> float:
     """Plain inversion (no refinement) then unguided DDIM back; RMSE to the clean latent, mean over seeds."""
     errors = []
     for seed in range(seeds):
@@ -87,7 +88,8 @@ def test_guidance_helpers_are_the_formulas() -> None:
     assert torch.equal(triple_combine(n, s, e, 2.0, 5.0), n + 2.0 * (s - n) + 5.0 * (e - n))
     assert torch.equal(triple_combine(n, None, e, 0.0, 5.0), n + 5.0 * (e - n))
     guidance = TextGuidance(n, s, e, 0.0, 5.0)
-    assert guidance.total_scale == 5.0 and torch.equal(guidance.combine([n, e]), triple_combine(n, s, e, 0.0, 5.0))
+    assert guidance.total_scale == 5.0 and torch.equal(guidance.combine([n, e]),
+                                                       triple_combine(n, s, e, 0.0, 5.0))
 
 
 # ----------------------------------------------------------------------------- DPS moves x_next in full
@@ -107,8 +109,8 @@ def test_dps_moves_x_next_by_the_full_correction() -> None:
         x0_hat = predict(x).detach()
         eps_hat = (x - coefficients(space, sigma)[0] * x0_hat) / sigma
         hook = PerceptualGuidance(decode, reference, loss=mse, scale=1.0, through_model=True)
-        x0, eps = hook(step=0, total=10, x=x, sigma=sigma, sigma_next=sigma_next, x0_hat=x0_hat, eps_hat=eps_hat,
-                       predict=predict, space=space)
+        x0, eps = hook(step=0, total=10, x=x, sigma=sigma, sigma_next=sigma_next, x0_hat=x0_hat,
+                       eps_hat=eps_hat, predict=predict, space=space)
         a_n, b_n = coefficients(space, sigma_next)
         move = (a_n * x0 + b_n * eps) - (a_n * x0_hat + b_n * eps_hat)  # change of x_next
         # the move is the DPS step found at x_t: length scale / n of rms(x0_hat), down the loss

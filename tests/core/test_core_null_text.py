@@ -47,13 +47,15 @@ def test_each_mode_cuts_the_cfg_drift(space: NoiseSpace) -> None:
     def err(**kw: object) -> float:
         return rmse(ddim_sample(model, traj.noise, rev, g, space=space, **kw), x0)
 
-    unguided = rmse(ddim_sample(model, traj.noise, rev, TextGuidance(null, source, edit, 1.0, 0.0), space=space), x0)
+    unguided = rmse(ddim_sample(model, traj.noise, rev, TextGuidance(null, source, edit, 1.0, 0.0),
+                                space=space), x0)
     plain = err()
     nulls = optimize_null_text(model, traj, source, null, guidance_scale=SCALE, inner_steps=10)
     null_text = err(nulls=nulls)
     negative = err(nulls=negative_prompt_nulls(traj, source))
     direct = err(offsets=direct_inversion_offsets(model, traj, source, null, guidance_scale=SCALE))
-    print(f"\n{space.value}: rmse unguided {unguided:.3e} | CFG {SCALE} plain {plain:.3e} | null-text {null_text:.3e}"
+    print(f"\n{space.value}: rmse unguided {unguided:.3e} | CFG {SCALE} plain {plain:.3e} | null-text "
+          f"{null_text:.3e}"
           f" ({plain / null_text:.1f}x) | negative-prompt {negative:.3e} ({plain / negative:.1f}x)"
           f" | direct offsets {direct:.3e} (exact up to rounding)")
     assert len(nulls) == traj.steps
@@ -68,7 +70,8 @@ def test_null_text_warm_starts_stops_early_and_reports_progress() -> None:
     steps: list[int] = []
     model.calls = 0
     nulls = optimize_null_text(model, traj, source, null, guidance_scale=SCALE, inner_steps=10, tol=1e9,
-                               callback=lambda s, t, x, x0h: steps.append(s), schedule=NullTextSchedule.REFERENCE)
+                               callback=lambda s, t, x, x0h: steps.append(s),
+                               schedule=NullTextSchedule.REFERENCE)
     # tol huge: one inner step per reverse step; calls = source + 1 inner + final step, per step
     assert model.calls == 3 * traj.steps
     model.calls = 0

@@ -57,7 +57,9 @@ def test_default_closes_95_percent_of_the_drift_within_the_reference_budget(spac
     steps_calls = [b - a for a, b in zip([0] + per_step[:-1], per_step, strict=True)]
     print(f"\n{space.value} {steps} steps seed {seed}: drift closed {100 * closed:.1f}%, "
           f"{total / steps:.1f} calls per step (worst {max(steps_calls)})")
-    assert float(plain - unguided) > 10 * float(unguided), "CFG 7.5 should drift far beyond the inversion error"
+    assert float(plain - unguided) > 10 * float(unguided), (
+        "CFG 7.5 should drift far beyond the inversion error"
+    )
     assert closed >= 0.95
     assert max(steps_calls) <= REFERENCE_WORST_CALLS
     assert total < 6 * steps, "early stopping should leave most of the budget unused on this scene"
@@ -75,7 +77,8 @@ def test_reference_closes_less_of_the_drift_on_the_same_scene() -> None:
     assert closed < 0.9
 
 
-def prompt_to_prompt_nulls(model, traj: Trajectory, source, null, epsilon: float = 1e-5) -> list[torch.Tensor]:
+def prompt_to_prompt_nulls(model, traj: Trajectory, source, null,
+                           epsilon: float = 1e-5) -> list[torch.Tensor]:
     """prompt-to-prompt's null-text loop written out as published, on DDPM latents
     x / sqrt(1 + sigma^2) (VE only): Adam lr 1e-2 (1 - i/100), 10 inner steps, stop below
     epsilon + i * 2e-5 on the DDPM-space MSE, warm start, final step with the fitted null."""
@@ -108,7 +111,8 @@ def prompt_to_prompt_nulls(model, traj: Trajectory, source, null, epsilon: float
 
 def test_reference_schedule_reproduces_prompt_to_prompt() -> None:
     model, source, edit, null, x0, sigmas, traj = scene(NoiseSpace.VE, 25, 0)
-    ours = optimize_null_text(model, traj, source, null, guidance_scale=SCALE, schedule=NullTextSchedule.REFERENCE)
+    ours = optimize_null_text(model, traj, source, null, guidance_scale=SCALE,
+                              schedule=NullTextSchedule.REFERENCE)
     theirs = prompt_to_prompt_nulls(model, traj, source, null)
     assert len(ours) == len(theirs) == traj.steps
     worst = max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True))

@@ -23,7 +23,8 @@ class RecordingDenoiser:
         self.model, self.source = model, source
         self.nulls: list[tuple[float, torch.Tensor]] = []
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, conds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor,
+                 conds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         for cond in conds:
             if not (cond.shape == self.source.shape and torch.equal(cond, self.source)):
                 self.nulls.append((float(sigma.flatten()[0]), cond.detach().clone()))
@@ -40,7 +41,8 @@ def test_each_step_starts_from_the_previous_steps_null(schedule: NullTextSchedul
     traj = ddim_invert(model, x0, inversion_sigmas(10, space), source, space=space)
     recorder = RecordingDenoiser(model, source)
 
-    nulls = optimize_null_text(recorder, traj, source, null, guidance_scale=7.5, inner_steps=4, schedule=schedule)
+    nulls = optimize_null_text(recorder, traj, source, null, guidance_scale=7.5, inner_steps=4,
+                               schedule=schedule)
 
     first_per_step: dict[float, torch.Tensor] = {}
     for sigma, cond in recorder.nulls:
@@ -52,4 +54,6 @@ def test_each_step_starts_from_the_previous_steps_null(schedule: NullTextSchedul
     for j in range(1, len(nulls)):
         torch.testing.assert_close(starts[j].to(F64), nulls[j - 1].to(F64), rtol=0, atol=0,
                                    msg=f"reverse step {j} did not start from step {j - 1}'s null")
-    assert any(not torch.equal(n.to(F64), null.to(F64)) for n in nulls[:-1]), "the nulls never moved: check is void"
+    assert any(not torch.equal(n.to(F64), null.to(F64)) for n in nulls[:-1]), (
+        "the nulls never moved: check is void"
+    )

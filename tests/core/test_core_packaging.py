@@ -26,7 +26,8 @@ def pyproject() -> dict:
 
 def shipped_files() -> set[str]:
     def git(*args: str) -> set[str]:
-        out = subprocess.run(["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard",
+        out = subprocess.run(["git", "-C", str(REPO), "ls-files", "--cached", "--others",
+                              "--exclude-standard",
                               *args], capture_output=True, text=True, check=True).stdout
         return set(out.split("\n")) - {""}
 

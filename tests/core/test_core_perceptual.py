@@ -158,7 +158,8 @@ def test_bad_settings_raise(kwargs, match):
 
 
 def test_non_scalar_loss_raises():
-    hook = PerceptualGuidance(make_decoder(factor=2), torch.rand(1, 3, 16, 16), loss=lambda i, r: (i - r).pow(2))
+    hook = PerceptualGuidance(make_decoder(factor=2), torch.rand(1, 3, 16, 16), loss=lambda i,
+                              r: (i - r).pow(2))
     with pytest.raises(ValueError, match="scalar"):
         call_hook(hook, torch.randn(1, 4, 8, 8))
 

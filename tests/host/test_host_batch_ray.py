@@ -96,7 +96,8 @@ def test_host_batch_ray_matches_the_in_process_backend_bitwise(cluster, files, c
     same pixels, and the option reached every item (the unconnected loader is gone)."""
     inproc = tmp_path / "inproc"
     # Ray runs each 1-CPU actor with one thread; bitwise equality needs the same summation order
-    proc = run_cli("edit-batch", files["dataset"], "--comfy-root", comfy_root, "--base-directory", files["base"],
+    proc = run_cli("edit-batch", files["dataset"], "--comfy-root", comfy_root, "--base-directory",
+                   files["base"],
                    "--workflow", files["workflow"], "--out", inproc, "--seed", SEED, "--guidance-vae", "none",
                    env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
@@ -138,13 +139,15 @@ def test_host_batch_ray_changed_set_reruns_only_affected_items(cluster, files, t
     assert rerun == ["item-4"]
 
 
-def test_host_batch_ray_client_killed_and_restarted_resumes_from_the_journal(cluster, files, comfy_root, tmp_path):
+def test_host_batch_ray_client_killed_and_restarted_resumes_from_the_journal(
+        cluster, files, comfy_root, tmp_path):
     """The CLI (--ray ADDRESS) is SIGKILLed mid-batch; the rerun keeps what the journal holds,
     does the rest, and every item ends with exactly one result."""
     out = tmp_path / "out"
     journal = out / "journal.jsonl"
     args = ("edit-batch", files["dataset"], "--ray", cluster["address"], "--ray-actors", "2",
-            "--ray-gpus-per-actor", "0", "--comfy-root", comfy_root, "--base-directory", files["base"], "--cpu",
+            "--ray-gpus-per-actor", "0", "--comfy-root", comfy_root, "--base-directory", files["base"],
+            "--cpu",
             "--workflow", files["workflow"], "--out", out, "--seed", SEED, "--guidance-vae", "none",
             "--set", "Sampler.steps=12")
     first = subprocess.Popen(cli_command(*args), cwd=host.REPO_ROOT, env=cli_env(), stdout=subprocess.DEVNULL,

@@ -248,7 +248,8 @@ def test_host_cli_batch_fails_over_from_a_dead_server(comfy_server, files, tmp_p
 def test_host_cli_batch_with_no_reachable_server_fails_clearly(files, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     assert_error(run_cli("edit-batch", dataset(tmp_path, 1), "--server", dead,
-                         "--workflow", files["workflow"], "--out", tmp_path / "out"), "cannot reach ComfyUI at " + dead)
+                         "--workflow", files["workflow"], "--out", tmp_path / "out"),
+                         "cannot reach ComfyUI at " + dead)
 
 
 def test_host_cli_batch_resumes_after_a_killed_run(comfy_server, files, tmp_path):

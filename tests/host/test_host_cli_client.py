@@ -44,7 +44,8 @@ FAST = {"steps": 2, "inner_steps": 1}
 def server_models(comfy_server) -> None:
     """Random AlexNet (LPIPS) and TAESD where the server's loaders look: no download."""
     save_random_alexnet(comfy_server.base_dir / "models" / "lpips")
-    write_random_taesd(comfy_server.base_dir / "models" / "vae_approx", tuple(roles.TAESD_FOR_FAMILY.values()))
+    write_random_taesd(comfy_server.base_dir / "models" / "vae_approx",
+                       tuple(roles.TAESD_FOR_FAMILY.values()))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,8 @@ def phone_photo(path: Path) -> Path:
     """A 4032x3024 JPEG like a phone's: a real photo enlarged (smooth, so the file stays small)."""
     import skimage.data
 
-    Image.fromarray(skimage.data.chelsea()).resize((4032, 3024), Image.Resampling.BICUBIC).save(path, quality=85)
+    big = Image.fromarray(skimage.data.chelsea()).resize((4032, 3024), Image.Resampling.BICUBIC)
+    big.save(path, quality=85)
     return path
 
 
@@ -106,7 +108,8 @@ def test_host_cli_client_main_job_edits_a_phone_photo_from_the_users_folder(comf
     phone_photo(user / "IMG_0001.jpg")
     wf = tiny_edit_workflow(tmp_path)
     log = tmp_path / "imports.txt"
-    proc = run_main_job(["edit", "IMG_0001.jpg", "--source", "a photo of a cat", "--target", "a photo of a tiger",
+    proc = run_main_job(["edit", "IMG_0001.jpg", "--source", "a photo of a cat", "--target",
+                         "a photo of a tiger",
                          "--workflow", str(wf), "--out", "edits", "--mask-box", "0.2,0.2,0.8,0.8"],
                         cwd=user, env=user_env(comfy_server, light_python, log))
     assert proc.returncode == 0, f"{proc.stderr}\n{comfy_server.log_tail()}"
@@ -135,8 +138,8 @@ def test_host_cli_client_output_size_working_keeps_the_models_size(comfy_server,
 
 
 @pytest.mark.parametrize("kind", ["16-bit", "RGBA", "greyscale"])
-def test_host_cli_client_unusual_photos_are_converted_on_upload(kind, comfy_server, server_models, light_python,
-                                                                tmp_path):
+def test_host_cli_client_unusual_photos_are_converted_on_upload(kind, comfy_server, server_models,
+                                                                light_python, tmp_path):
     """What ComfyUI's Load Image gets wrong by itself (16-bit clipped to white, alpha as a mask)
     arrives as plain 8-bit RGB; the edit keeps the photo's tones."""
     ramp = np.linspace(0.1, 0.9, 96)[None, :].repeat(64, axis=0)
@@ -176,20 +179,23 @@ def test_host_cli_client_each_shipped_example_edits_through_the_main_job(record,
                                                                          light_python, tmp_path):
     """Every shipped example (odd sizes, greyscale, a mask file) through PSG Edit, run from the
     examples folder with its relative paths; at 128 px working size to keep the tiny run short."""
-    mask = ["--mask", record["mask"]] if "mask" in record else ["--mask-box", ",".join(map(str, record["mask_box"]))]
+    mask = ["--mask", record["mask"]] if "mask" in record else ["--mask-box",
+                                                                ",".join(map(str, record["mask_box"]))]
     proc = run_main_job(["edit", record["image"], "--source", record["source"], "--target", record["target"],
                          *mask, "--workflow", str(tiny_edit_workflow(tmp_path)), "--out", str(tmp_path / "o"),
                          "--name", record["id"], "--working-size", "128"],
                         cwd=EXAMPLES, env=user_env(comfy_server, light_python, tmp_path / "log"))
     assert proc.returncode == 0, f"{proc.stderr}\n{comfy_server.log_tail()}"
-    with Image.open(EXAMPLES / record["image"]) as src, Image.open(tmp_path / "o" / f"{record['id']}.png") as out:
+    edited = tmp_path / "o" / f"{record['id']}.png"
+    with Image.open(EXAMPLES / record["image"]) as src, Image.open(edited) as out:
         assert out.size == src.size and out.mode == "RGB"
     sizes = json.loads((tmp_path / "o" / f"{record['id']}.json").read_text())["sizes"]
     assert max(int(v) for v in sizes["working"].split("x")) <= 128
     check_light_imports(tmp_path / "log")
 
 
-def test_host_cli_client_readme_batch_example_runs_on_the_shipped_dataset(comfy_server, server_models, light_python,
+def test_host_cli_client_readme_batch_example_runs_on_the_shipped_dataset(
+        comfy_server, server_models, light_python,
                                                                          tmp_path):
     """``edit-batch examples/edits.json`` (the README's batch example) from the pack folder, each
     photo at the SD1.x working size; the perceptual guidance and null-text optimization are off
@@ -203,7 +209,8 @@ def test_host_cli_client_readme_batch_example_runs_on_the_shipped_dataset(comfy_
     results = json.loads((out / "results.json").read_text())
     n = len(EXAMPLE_EDITS)
     assert results["summary"] == {"total": n, "ok": n, "failed": 0, "pending": 0}
-    assert {Path(r["image"]).name for r in EXAMPLE_EDITS} == {p.name for p in (EXAMPLES / "photos").glob("*.jpg")}
+    photos = {p.name for p in (EXAMPLES / "photos").glob("*.jpg")}
+    assert {Path(r["image"]).name for r in EXAMPLE_EDITS} == photos
     for item, record in zip(results["items"], EXAMPLE_EDITS, strict=True):
         with Image.open(EXAMPLES / record["image"]) as src, Image.open(out / item["output"]) as edited:
             assert edited.size == src.size, item["id"]
@@ -217,13 +224,15 @@ def test_host_cli_client_readme_batch_example_runs_on_the_shipped_dataset(comfy_
 def _edit_tiny(size: tuple[int, int], comfy_server, tmp_path) -> subprocess.CompletedProcess:
     photo = tmp_path / f"tiny_{size[0]}x{size[1]}.png"
     Image.new("RGB", size, (10, 200, 10)).save(photo)
-    return subprocess.run([sys.executable, str(REPO / "psg_cli"), "edit", str(photo), "--source", "a", "--target",
-                           "b", "--workflow", str(tiny_edit_workflow(tmp_path)), "--out", str(tmp_path / "out"),
+    return subprocess.run([sys.executable, str(REPO / "psg_cli"), "edit", str(photo), "--source", "a",
+                           "--target", "b", "--workflow", str(tiny_edit_workflow(tmp_path)), "--out",
+                           str(tmp_path / "out"),
                            "--server", comfy_server.url], cwd=tmp_path, env=cli_env(), capture_output=True,
                           text=True, timeout=CLI_TIMEOUT_S)
 
 
-def test_host_cli_client_tiny_photo_is_brought_to_working_size_and_back(comfy_server, server_models, tmp_path):
+def test_host_cli_client_tiny_photo_is_brought_to_working_size_and_back(
+        comfy_server, server_models, tmp_path):
     """8x8: PSG Fit Image enlarges it to the working size; the edit comes back at 8x8."""
     proc = _edit_tiny((8, 8), comfy_server, tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -231,7 +240,8 @@ def test_host_cli_client_tiny_photo_is_brought_to_working_size_and_back(comfy_se
     assert Image.open(tmp_path / "out" / "tiny_8x8_edit.png").size == (8, 8)
 
 
-def test_host_cli_client_sliver_photo_is_refused_by_the_node_with_the_fix(comfy_server, server_models, tmp_path):
+def test_host_cli_client_sliver_photo_is_refused_by_the_node_with_the_fix(
+        comfy_server, server_models, tmp_path):
     """256x8 has no sensible working size: one message naming the node and the fix, no torch trace."""
     proc = _edit_tiny((256, 8), comfy_server, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -244,9 +254,11 @@ def test_host_cli_client_sliver_photo_is_refused_by_the_node_with_the_fix(comfy_
 def test_host_cli_client_not_an_image_is_refused_before_upload(comfy_server, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("this is not an image")
-    proc = subprocess.run([sys.executable, str(REPO / "psg_cli"), "edit", str(bad), "--source", "a", "--target",
+    proc = subprocess.run([sys.executable, str(REPO / "psg_cli"), "edit", str(bad), "--source", "a",
+                           "--target",
                            "b", "--workflow", str(write_json(tmp_path / "wf.json", img2img_workflow())),
-                           "--server", comfy_server.url, "--out", str(tmp_path)], env=cli_env(), capture_output=True,
+                           "--server", comfy_server.url, "--out", str(tmp_path)], env=cli_env(),
+                           capture_output=True,
                           text=True, timeout=CLI_TIMEOUT_S)
     assert proc.returncode == 2 and "cannot read" in proc.stderr and "as an image" in proc.stderr, proc.stderr
     assert not (comfy_server.base_dir / "input" / "notes.png").exists()
@@ -291,11 +303,11 @@ class TokenProxy:
                     task.cancel()
                 return client
             headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
-            async with session.request(request.method, self.upstream + request.path_qs, data=await request.read(),
-                                       headers=headers) as answer:
+            async with session.request(request.method, self.upstream + request.path_qs,
+                                       data=await request.read(), headers=headers) as answer:
                 body = await answer.read()
-                return web.Response(status=answer.status, body=body,
-                                    headers={"Content-Type": answer.headers.get("Content-Type", "application/json")})
+                content_type = answer.headers.get("Content-Type", "application/json")
+                return web.Response(status=answer.status, body=body, headers={"Content-Type": content_type})
 
     def _serve(self) -> None:
         from aiohttp import web
@@ -332,8 +344,8 @@ def test_host_cli_client_token_reaches_http_and_websocket_behind_a_proxy(proxy, 
     photo = tmp_path / "cat.png"
     Image.new("RGB", (128, 96), (200, 150, 100)).save(photo)
     wf = write_json(tmp_path / "wf.json", img2img_workflow(steps=3))
-    args = ["edit", "cat.png", "--source", "a cat", "--target", "a tiger", "--workflow", str(wf), "--out", "o",
-            "--set", "Sampler.steps=3"]
+    args = ["edit", "cat.png", "--source", "a cat", "--target", "a tiger", "--workflow", str(wf), "--out",
+            "o", "--set", "Sampler.steps=3"]
     env = user_env(comfy_server, light_python, tmp_path / "log", PSG_SERVER=proxy.url)
     refused = run_main_job(args, cwd=tmp_path, env=env)
     assert refused.returncode == 2 and "answered 401" in refused.stderr and "--token" in refused.stderr, \

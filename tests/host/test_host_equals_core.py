@@ -35,7 +35,8 @@ def photo(comfy_host) -> str:
     from skimage import data
 
     name = "psg_equals_core.png"
-    Image.fromarray(data.astronaut()).resize((SIZE, SIZE), Image.BICUBIC).save(comfy_host.base_dir / "input" / name)
+    picture = Image.fromarray(data.astronaut()).resize((SIZE, SIZE), Image.BICUBIC)
+    picture.save(comfy_host.base_dir / "input" / name)
     return name
 
 
@@ -43,7 +44,8 @@ def build_graph(family: str, photo: str):
     g = GraphBuilder(prefix="")
     ck = g.node("PSGTestTinyCheckpoint", family=family, seed=0)
     text = {name: g.node("CLIPTextEncode", clip=ck.out(1), text=t)
-            for name, t in (("null", ""), ("source", "a photo of an astronaut"), ("edit", "a photo of a robot"))}
+            for name, t in (("null", ""), ("source", "a photo of an astronaut"),
+                            ("edit", "a photo of a robot"))}
     image = g.node("LoadImage", image=photo)
     latent = g.node("VAEEncode", pixels=image.out(0), vae=ck.out(2))
     lpips = g.node("PSGLPIPSLoader", net="alex")
@@ -58,18 +60,20 @@ def build_graph(family: str, photo: str):
     runs = {}
     for mode, source_of_guidance in fitted.items():
         guider = g.node("PSGTriplePromptGuider", model=ck.out(0), null=text["null"].out(0),
-                        source=text["source"].out(0), edit=text["edit"].out(0), w_source=W_SOURCE, w_edit=W_EDIT,
+                        source=text["source"].out(0), edit=text["edit"].out(0), w_source=W_SOURCE,
+                        w_edit=W_EDIT,
                         inversion=source_of_guidance.out(0))
         for gradient in GRADIENTS:
-            sampler = g.node("PSGPerceptualSampler", vae=ck.out(2), reference=image.out(0), lpips=lpips.out(0),
-                             scale=SCALE, start=0.0, end=1.0, every=1, gradient=gradient)
+            sampler = g.node("PSGPerceptualSampler", vae=ck.out(2), reference=image.out(0),
+                             lpips=lpips.out(0), scale=SCALE, start=0.0, end=1.0, every=1, gradient=gradient)
             runs[mode, gradient] = g.node("SamplerCustomAdvanced", noise=g.node("DisableNoise").out(0),
                                           guider=guider.out(0), sampler=sampler.out(0), sigmas=sigmas.out(0),
                                           latent_image=inv.out(1))
         runs[mode, "PSG Edit"] = g.node(
             "PSGEdit", model=ck.out(0), vae=ck.out(2), image=image.out(0), null=text["null"].out(0),
             source=text["source"].out(0), edit=text["edit"].out(0), lpips=lpips.out(0), steps=STEPS,
-            scheduler="simple", w_source=W_SOURCE, w_edit=W_EDIT, text_optimisation=mode, inner_steps=INNER_STEPS,
+            scheduler="simple", w_source=W_SOURCE, w_edit=W_EDIT, text_optimisation=mode,
+            inner_steps=INNER_STEPS,
             scale=SCALE, start=0.0, end=1.0, seed=0)
     nodes = {"ck": ck, "image": image, "lpips": lpips, **{f"text:{k}": v for k, v in text.items()},
              **{f"fit:{k}": v for k, v in fitted.items()}}
@@ -101,7 +105,8 @@ def core_reference(pack, result, nodes, mode: str, through_model: bool, from_lat
             nulls = [n.to(h.device) for n in inv.nulls]
         if inv.offsets is not None:
             offsets = [o.to(h.device) for o in inv.offsets]
-        perceptual = perceptual_pipeline.build_perceptual(vae, image, lpips, settings, None, h.process_latent_out,
+        perceptual = perceptual_pipeline.build_perceptual(vae, image, lpips, settings, None,
+                                                          h.process_latent_out,
                                                     tuple(inv.latent_shape[-2:]), "test")
         if through_model:
             h.enable_model_gradients()

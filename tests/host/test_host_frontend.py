@@ -58,7 +58,9 @@ def test_host_frontend_loads_dropped_workflow(frontend, name):
         assert loaded[node_id].get("widgets_values", []) == node.get("widgets_values", []), \
             f"{name}: node {node_id} ({node['type']}) widget values changed on load"
     assert sorted(report.graph["links"]) == sorted(ui["links"]), f"{name}: links changed on load"
-    assert report.prompt == api, f"{name}: the frontend's graphToPrompt differs from example_workflows/api/{name}.json"
+    assert report.prompt == api, (
+        f"{name}: the frontend's graphToPrompt differs from example_workflows/api/{name}.json"
+    )
 
 
 def test_host_frontend_offers_missing_checkpoints(frontend):

@@ -108,10 +108,12 @@ def guided_sampling(graph: PSGGraph, *, guidance_vae: Any = None, scale: float =
                         source=graph.source.out(0), edit=graph.edit_text.out(0), w_source=0.0, w_edit=3.0,
                         inversion=inv.out(0))
     sampler = graph.node("PSGPerceptualSampler", vae=graph.ck.out(2), reference=graph.image.out(0),
-                         lpips=graph.lpips.out(0), scale=scale, start=0.0, end=1.0, every=1, gradient="x0 (fast)",
+                         lpips=graph.lpips.out(0), scale=scale, start=0.0, end=1.0, every=1,
+                         gradient="x0 (fast)",
                          inversion=inv.out(0), **extra)
     sigmas = graph.node("BasicScheduler", model=graph.ck.out(0), scheduler="simple", steps=STEPS, denoise=1.0)
-    sample = graph.node("SamplerCustomAdvanced", noise=graph.node("DisableNoise").out(0), guider=guider.out(0),
+    sample = graph.node("SamplerCustomAdvanced", noise=graph.node("DisableNoise").out(0),
+                        guider=guider.out(0),
                         sampler=sampler.out(0), sigmas=sigmas.out(0), latent_image=graph.latent.out(0))
     return graph.node("VAEDecode", samples=sample.out(0), vae=graph.ck.out(2))
 

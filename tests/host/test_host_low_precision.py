@@ -83,7 +83,8 @@ def test_bf16_null_text_is_finite_and_converges(comfy_host, tiny_models, family)
             s, s_next, target = traj.sigmas[n - j], traj.sigmas[n - j - 1], traj.latents[n - j - 1]
             sigma = ddim.sigma_batch(s, x)
             with torch.no_grad():
-                lands = [ddim.ddim_step(x, s, s_next, g.combine(h.denoise(x, sigma, g.conds(e))), h.family.space)
+                lands = [ddim.ddim_step(x, s, s_next, g.combine(h.denoise(x, sigma, g.conds(e))),
+                                        h.family.space)
                          for e in (nul, nulls[j])]
             seen["landing"].append([float((p - target).norm() / target.norm()) for p in lands])
             x = lands[1]
@@ -120,7 +121,8 @@ def test_bf16_perceptual_paths_are_finite_and_pull_towards_the_photo(comfy_host,
         for scale in (0.0, 2.0):
             hook = perceptual.PerceptualGuidance(decode, photo, loss=losses.ImageLoss(None, mse_weight=1.0),
                                                  scale=scale, through_model=through_model)
-            out = ddim.ddim_sample(h.denoise, traj.noise, traj.sigmas.flip(0), g, space=h.family.space, perceptual=hook)
+            out = ddim.ddim_sample(h.denoise, traj.noise, traj.sigmas.flip(0), g, space=h.family.space,
+                                   perceptual=hook)
             with torch.no_grad():
                 results[scale] = (out, float((decode(out) - photo).pow(2).mean()), list(hook.losses))
         return h.latent
@@ -129,5 +131,6 @@ def test_bf16_perceptual_paths_are_finite_and_pull_towards_the_photo(comfy_host,
     (_, plain_loss, _), (guided, guided_loss, recorded) = results[0.0], results[2.0]
     assert torch.isfinite(guided).all()
     assert all(torch.isfinite(torch.tensor(v)) for v in recorded)
-    print(f"\nbf16 {'DPS' if through_model else 'MPGD'}: MSE to photo {plain_loss:.5f} unguided -> {guided_loss:.5f}")
+    print(f"\nbf16 {'DPS' if through_model else 'MPGD'}: MSE to photo {plain_loss:.5f} unguided -> "
+          f"{guided_loss:.5f}")
     assert guided_loss < plain_loss

@@ -22,7 +22,8 @@ def photo(comfy_host) -> str:
     from skimage import data
 
     name = "psg_method_fixes.png"
-    Image.fromarray(data.coffee()).resize((SIZE, SIZE), Image.BICUBIC).save(comfy_host.base_dir / "input" / name)
+    picture = Image.fromarray(data.coffee()).resize((SIZE, SIZE), Image.BICUBIC)
+    picture.save(comfy_host.base_dir / "input" / name)
     return name
 
 
@@ -44,19 +45,21 @@ def invert(g, ck, text, latent, refine: int = 0):
 def guider(g, ck, text, inversion=None, w_source=0.0, w_edit=3.0, model=None):
     extra = {} if inversion is None else {"inversion": inversion.out(0)}
     return g.node("PSGTriplePromptGuider", model=model or ck.out(0), null=text["null"].out(0),
-                  source=text["source"].out(0), edit=text["edit"].out(0), w_source=w_source, w_edit=w_edit, **extra)
+                  source=text["source"].out(0), edit=text["edit"].out(0), w_source=w_source, w_edit=w_edit,
+                  **extra)
 
 
 def psg_sampler(g, ck, image, lpips, inversion=None):
     extra = {} if inversion is None else {"inversion": inversion.out(0)}
-    return g.node("PSGPerceptualSampler", vae=ck.out(2), reference=image.out(0), lpips=lpips.out(0), scale=0.0,
-                  start=0.0, end=1.0, every=1, gradient="x0 (fast)", **extra)
+    return g.node("PSGPerceptualSampler", vae=ck.out(2), reference=image.out(0), lpips=lpips.out(0),
+                  scale=0.0, start=0.0, end=1.0, every=1, gradient="x0 (fast)", **extra)
 
 
 def run_advanced(g, ck, guide, sampler, inversion, noise=None):
     """SamplerCustomAdvanced from the inversion's noise LATENT."""
     sigmas = g.node("BasicScheduler", model=ck.out(0), scheduler="simple", steps=STEPS, denoise=1.0)
-    return g.node("SamplerCustomAdvanced", noise=(noise or g.node("DisableNoise")).out(0), guider=guide.out(0),
+    return g.node("SamplerCustomAdvanced", noise=(noise or g.node("DisableNoise")).out(0),
+                  guider=guide.out(0),
                   sampler=sampler.out(0), sigmas=sigmas.out(0), latent_image=inversion.out(1))
 
 
@@ -131,7 +134,8 @@ def test_swapped_null_keeps_the_flow_models_cond_wrapper(comfy_host, photo):
 def test_guider_warns_when_the_fitted_scale_differs(comfy_host, photo, caplog):
     g, ck, text, image, latent = front("sd15", photo)
     inv = invert(g, ck, text, latent)
-    fitted = g.node("PSGTextGuidanceOptimize", model=ck.out(0), inversion=inv.out(0), source=text["source"].out(0),
+    fitted = g.node("PSGTextGuidanceOptimize", model=ck.out(0), inversion=inv.out(0),
+                    source=text["source"].out(0),
                     null=text["null"].out(0), mode="direct offsets", guidance_scale=3.0, inner_steps=1,
                     tolerance=1e-5)
     matching = guider(g, ck, text, fitted, w_source=1.0, w_edit=2.0)
@@ -160,8 +164,8 @@ def test_guider_applies_cfg_patches_like_the_stock_cfg_guider(comfy_host, patch)
     sigmas = g.node("BasicScheduler", model=ck.out(0), scheduler="normal", steps=STEPS, denoise=1.0)
     ours = guider(g, ck, text, w_source=0.0, w_edit=4.0, model=patched.out(0))
     plain = guider(g, ck, text, w_source=0.0, w_edit=4.0)
-    stock = g.node("CFGGuider", model=patched.out(0), positive=text["edit"].out(0), negative=text["null"].out(0),
-                   cfg=4.0)
+    stock = g.node("CFGGuider", model=patched.out(0), positive=text["edit"].out(0),
+                   negative=text["null"].out(0), cfg=4.0)
     runs = [g.node("SamplerCustomAdvanced", noise=noise.out(0), guider=gd.out(0), sampler=sampler.out(0),
                    sigmas=sigmas.out(0), latent_image=latent.out(0)) for gd in (ours, stock, plain)]
     result = comfy_host.run(g.finalize(), outputs=[r.id for r in runs])
@@ -202,13 +206,15 @@ def test_inversion_refinement_reaches_the_core(comfy_host, photo):
         assert torch.equal(core["latents"], trajectories[k]), k
 
 
-def test_offsets_folded_for_a_stock_sampler_land_where_the_psg_sampler_puts_them(comfy_host, photo, lpips_folder):
+def test_offsets_folded_for_a_stock_sampler_land_where_the_psg_sampler_puts_them(
+        comfy_host, photo, lpips_folder):
     """A stock euler step is this DDIM step: with the offsets folded into x0 by the guider
     (``offset_as_x0``) it must reach the latents the PSG sampler reaches by adding them."""
     g, ck, text, image, latent = front("sd15", photo)
     inv = invert(g, ck, text, latent)
     lpips = g.node("PSGLPIPSLoader", net="alex")
-    fitted = g.node("PSGTextGuidanceOptimize", model=ck.out(0), inversion=inv.out(0), source=text["source"].out(0),
+    fitted = g.node("PSGTextGuidanceOptimize", model=ck.out(0), inversion=inv.out(0),
+                    source=text["source"].out(0),
                     null=text["null"].out(0), mode="direct offsets", guidance_scale=3.0, inner_steps=1,
                     tolerance=1e-5)
     guide = guider(g, ck, text, fitted, w_source=1.0, w_edit=2.0)

@@ -91,9 +91,11 @@ class Edit:
     def one_node(self, *, w_source=0.0, w_edit=3.0, text="null-text optimisation", scale=1.0, steps=STEPS,
                  inner_steps=2):
         return self.g.node(
-            "PSGEdit", model=self.ck.out(0), vae=self.ck.out(2), image=self.image.out(0), null=self.null.out(0),
+            "PSGEdit", model=self.ck.out(0), vae=self.ck.out(2), image=self.image.out(0),
+            null=self.null.out(0),
             source=self.source.out(0), edit=self.edit.out(0), lpips=self.lpips.out(0), steps=steps,
-            scheduler="simple", w_source=w_source, w_edit=w_edit, text_optimisation=text, inner_steps=inner_steps,
+            scheduler="simple", w_source=w_source, w_edit=w_edit, text_optimisation=text,
+            inner_steps=inner_steps,
             scale=scale, start=0.0, end=1.0,
         )
 
@@ -107,7 +109,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def load_photo(comfy_host, name: str) -> torch.Tensor:
-    array = np.asarray(Image.open(comfy_host.base_dir / "input" / name).convert("RGB"), dtype=np.float32) / 255
+    array = np.asarray(Image.open(comfy_host.base_dir / "input" / name).convert("RGB"),
+                       dtype=np.float32) / 255
     return torch.from_numpy(array)[None]
 
 
@@ -154,7 +157,8 @@ def test_host_nodes_edit_fed_a_tiny_photo_directly_refuses_it_with_the_fix(comfy
         comfy_host.run(e.prompt(), outputs=[edit.id])
     message = caught.value.exception_message
     assert caught.value.node_type == "PSGEdit", caught.value
-    assert "the image is 8x8" in message and "at least 32 px" in message and "Upscale Image" in message, message
+    assert "the image is 8x8" in message and "at least 32 px" in message, message
+    assert "Upscale Image" in message, message
     assert "Output size is too small" not in message
 
 
@@ -172,7 +176,8 @@ def test_host_nodes_text_modes_and_offsets_reconstruct(comfy_host, photo, lpips_
     for mode, run in outs.items():
         assert torch.isfinite(result.output(run.id)["samples"]).all(), mode
     rebuilt = result.output(outs["direct offsets"].id)["samples"]
-    assert torch.allclose(rebuilt, start, atol=1e-2 * float(start.abs().max())), float((rebuilt - start).abs().max())
+    assert torch.allclose(rebuilt, start,
+                          atol=1e-2 * float(start.abs().max())), float((rebuilt - start).abs().max())
 
 
 def test_host_nodes_reconstruction_psnr_matches_vae_round_trip(comfy_host, photo, lpips_folder):
@@ -183,8 +188,10 @@ def test_host_nodes_reconstruction_psnr_matches_vae_round_trip(comfy_host, photo
     original = load_photo(comfy_host, photo)
     psnr_vae = psnr(result.output(round_trip.id), original)
     psnr_psg = psnr(result.output(rebuild.id, 0), original)
-    logger.info("reconstruction PSNR: VAE round trip %.2f dB, PSG null-text (w_edit 0) %.2f dB", psnr_vae, psnr_psg)
-    print(f"\nreconstruction PSNR: VAE round trip {psnr_vae:.2f} dB, PSG null-text w_edit=0 {psnr_psg:.2f} dB")
+    logger.info("reconstruction PSNR: VAE round trip %.2f dB, PSG null-text (w_edit 0) %.2f dB", psnr_vae,
+                psnr_psg)
+    print(f"\nreconstruction PSNR: VAE round trip {psnr_vae:.2f} dB, "
+          f"PSG null-text w_edit=0 {psnr_psg:.2f} dB")
     assert psnr_psg >= psnr_vae - 1.0
 
 
@@ -202,8 +209,8 @@ def test_host_nodes_guider_matches_dual_cfg(comfy_host, family):
     sigmas = g.node("BasicScheduler", model=ck.out(0), scheduler="normal", steps=3, denoise=1.0)
     sampler = g.node("KSamplerSelect", sampler_name="euler")
     noise = g.node("RandomNoise", noise_seed=7)
-    ours = g.node("PSGTriplePromptGuider", model=ck.out(0), null=text["null"].out(0), source=text["source"].out(0),
-                  edit=text["edit"].out(0), w_source=cfg2 - cfg1, w_edit=cfg1)
+    ours = g.node("PSGTriplePromptGuider", model=ck.out(0), null=text["null"].out(0),
+                  source=text["source"].out(0), edit=text["edit"].out(0), w_source=cfg2 - cfg1, w_edit=cfg1)
     core = g.node("DualCFGGuider", model=ck.out(0), cond1=text["edit"].out(0), cond2=text["source"].out(0),
                   negative=text["null"].out(0), cfg_conds=cfg1, cfg_cond2_negative=cfg2, style="regular")
     runs = [g.node("SamplerCustomAdvanced", noise=noise.out(0), guider=gd.out(0), sampler=sampler.out(0),
@@ -315,7 +322,8 @@ def test_host_nodes_refuse_unsupported_model_type(comfy_host, photo):
                    steps=STEPS, scheduler="simple", cfg=1.0)
     with pytest.raises(PromptExecutionError) as caught:
         comfy_host.run(e.prompt(), outputs=[inv.id])
-    assert "not supported" in caught.value.exception_message and "PSG DDIM Inversion" in caught.value.exception_message
+    message = caught.value.exception_message
+    assert "not supported" in message and "PSG DDIM Inversion" in message
 
 
 def test_host_nodes_gradients_work_with_inference_mode_weights(comfy_host, photo, lpips_folder, tiny_models):
@@ -363,4 +371,6 @@ def test_host_nodes_object_info_lists_every_node_with_tooltips(comfy_server):
                 options = spec[1] if len(spec) > 1 else {}
                 assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
         tooltips = entry.get("output_tooltips") or []
-        assert len(tooltips) == len(entry["output"]) and all(tooltips), f"{node_id} output tooltips {tooltips}"
+        assert len(tooltips) == len(entry["output"]) and all(tooltips), (
+            f"{node_id} output tooltips {tooltips}"
+        )

@@ -45,7 +45,8 @@ def test_host_p2p_tiny_models_have_real_attention_blocks(tiny_models, comfy_host
     patches = comfy_host.pack_module().nodes.pipelines.attention_patches
     for family in ("sd15", "sdxl"):
         blocks = patches.transformer_blocks(tiny_models(family).model)
-        assert ("middle", 0) in blocks and any(b[0] == "input" for b in blocks) and any(b[0] == "output" for b in blocks)
+        assert ("middle", 0) in blocks
+        assert any(b[0] == "input" for b in blocks) and any(b[0] == "output" for b in blocks)
 
 
 class P2PGraph:
@@ -63,17 +64,20 @@ class P2PGraph:
         self.null = g.node("CLIPTextEncode", clip=ck.out(1), text="")
         self.image = g.node("LoadImage", image=photo)
         self.latent = latent = g.node("VAEEncode", pixels=self.image.out(0), vae=ck.out(2))
-        self.inv = g.node("PSGDDIMInversion", model=ck.out(0), latent=latent.out(0), source=self.source.out(0),
-                          steps=STEPS, scheduler="simple", cfg=1.0)
+        self.inv = g.node("PSGDDIMInversion", model=ck.out(0), latent=latent.out(0),
+                          source=self.source.out(0), steps=STEPS, scheduler="simple", cfg=1.0)
         self.opt = g.node("PSGTextGuidanceOptimize", model=ck.out(0), inversion=self.inv.out(0),
-                          source=self.source.out(0), null=self.null.out(0), mode=mode, guidance_scale=guidance_scale,
+                          source=self.source.out(0), null=self.null.out(0), mode=mode,
+                          guidance_scale=guidance_scale,
                           inner_steps=2, tolerance=1e-5)
-        settings = g.node("PSGPromptToPrompt", mode=p2p_mode, cross_window=cross_window, self_window=self_window,
+        settings = g.node("PSGPromptToPrompt", mode=p2p_mode, cross_window=cross_window,
+                          self_window=self_window,
                           self_layers=self_layers, reweight_words=reweight_words, reweight_factor=2.0,
                           blend_words=blend_words, blend_threshold=blend_threshold, blend_start=0.2)
         extra = {}
         if lpips:
-            extra = dict(vae=ck.out(2), reference=self.image.out(0), lpips=g.node("PSGLPIPSLoader", net="alex").out(0),
+            extra = dict(vae=ck.out(2), reference=self.image.out(0),
+                         lpips=g.node("PSGLPIPSLoader", net="alex").out(0),
                          scale=1.0, perceptual_mask=perceptual_mask)
         self.p2p = g.node("PSGP2PSampler", model=ck.out(0), clip=ck.out(1), inversion=self.opt.out(0),
                           source_text=self.source.out(1), edit_text=self.target.out(1), p2p=settings.out(0),
@@ -83,10 +87,12 @@ class P2PGraph:
     def reconstruction(self):
         """The plain reconstruction: triple-prompt guider with w_edit = 0 at the fitted scale."""
         g, ck = self.g, self.ck
-        guider = g.node("PSGTriplePromptGuider", model=ck.out(0), null=self.null.out(0), source=self.source.out(0),
+        guider = g.node("PSGTriplePromptGuider", model=ck.out(0), null=self.null.out(0),
+                        source=self.source.out(0),
                         edit=self.source.out(0), w_source=3.0, w_edit=0.0, inversion=self.opt.out(0))
         sampler = g.node("PSGPerceptualSampler", vae=ck.out(2), reference=self.image.out(0),
-                         lpips=g.node("PSGLPIPSLoader", net="alex").out(0), scale=0.0, start=0.0, end=1.0, every=1,
+                         lpips=g.node("PSGLPIPSLoader", net="alex").out(0), scale=0.0, start=0.0, end=1.0,
+                         every=1,
                          gradient="x0 (fast)", inversion=self.opt.out(0))
         sigmas = g.node("BasicScheduler", model=ck.out(0), scheduler="simple", steps=STEPS, denoise=1.0)
         return g.node("SamplerCustomAdvanced", noise=g.node("DisableNoise").out(0), guider=guider.out(0),
@@ -105,7 +111,8 @@ def test_host_p2p_source_branch_is_the_null_text_reconstruction(comfy_host, phot
     assert (edit - source).abs().max() > 1e-3
 
 
-def test_host_p2p_source_branch_with_offsets_is_the_direct_inversion_reconstruction(comfy_host, tiny_models) -> None:
+def test_host_p2p_source_branch_with_offsets_is_the_direct_inversion_reconstruction(
+        comfy_host, tiny_models) -> None:
     """Direct offsets: the source branch must land on the photo's latent like ``ddim_sample`` with the
     offsets does. The random-weight UNet amplifies rounding differences between batch layouts (the
     offsets were fitted on a [null, source] batch), so the floor is measured: the same core sampler
@@ -118,9 +125,10 @@ def test_host_p2p_source_branch_with_offsets_is_the_direct_inversion_reconstruct
         photo_latent = tm.vae.encode(image)
         conds = {name: tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(text))
                  for name, text in (("null", ""), ("source", SOURCE))}
-        inv, _ = nodes.pipelines.inversion.invert(tm.model, photo_latent, conds["source"], steps=STEPS, scheduler="simple",
-                                              cfg=1.0, null=None, node="t")
-        inv = nodes.pipelines.inversion.optimize_text(tm.model, inv, conds["source"], conds["null"], mode="direct offsets",
+        inv, _ = nodes.pipelines.inversion.invert(tm.model, photo_latent, conds["source"], steps=STEPS,
+                                                  scheduler="simple", cfg=1.0, null=None, node="t")
+        inv = nodes.pipelines.inversion.optimize_text(tm.model, inv, conds["source"], conds["null"],
+                                                      mode="direct offsets",
                                                   guidance_scale=3.0, inner_steps=1, tolerance=1e-5, node="t")
         family = nodes.host.detect_family(tm.model, "t")
         plain: dict[str, torch.Tensor] = {}
@@ -137,10 +145,11 @@ def test_host_p2p_source_branch_with_offsets_is_the_direct_inversion_reconstruct
                     fn, inv.noise, inv.sigmas.flip(0), g, space=family.space, offsets=list(inv.offsets)))
             return h.latent
 
-        nodes.host.run_on_host(tm.model, conds, torch.zeros(inv.latent_shape), body, family=family, fallback="null",
-                               sigmas=inv.sigmas, node="t")
+        nodes.host.run_on_host(tm.model, conds, torch.zeros(inv.latent_shape), body, family=family,
+                               fallback="null", sigmas=inv.sigmas, node="t")
         settings = nodes.pipelines.attention_patches.P2PSettings()
-        edit, source, _ = nodes.pipelines.p2p.run_p2p(tm.model, tm.clip, inv, SOURCE, SWAP, settings, 0.0, 3.0)
+        edit, source, _ = nodes.pipelines.p2p.run_p2p(tm.model, tm.clip, inv, SOURCE, SWAP, settings, 0.0,
+                                                      3.0)
     floor = float((plain["batched"] - plain["one_by_one"]).abs().max())
     assert float((plain["batched"] - photo_latent).abs().max()) < 1e-3  # offsets retrace the inversion
     assert float((source - photo_latent).abs().max()) <= 2 * floor + 1e-5
@@ -148,7 +157,8 @@ def test_host_p2p_source_branch_with_offsets_is_the_direct_inversion_reconstruct
 
 
 def test_host_p2p_identity_edit_equals_source_branch(comfy_host, photo) -> None:
-    p = P2PGraph("sd15", photo, edit_text=SOURCE, cross_window=1.0, self_window=1.0, self_layers="all", w_edit=3.0)
+    p = P2PGraph("sd15", photo, edit_text=SOURCE, cross_window=1.0, self_window=1.0, self_layers="all",
+                 w_edit=3.0)
     result = comfy_host.run(p.g.finalize(), outputs=[p.p2p.id])
     edit, source = result.output(p.p2p.id, 0)["samples"], result.output(p.p2p.id, 2)["samples"]
     assert torch.equal(edit, source)
@@ -166,10 +176,11 @@ def _run(comfy_host, tiny_models, family: str, edit_text: str, observers=None, s
         samples = tm.vae.encode(image)
         source = tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(source_text))
         null = tm.clip.encode_from_tokens_scheduled(tm.clip.tokenize(""))
-        inv, _ = nodes.pipelines.inversion.invert(tm.model, samples, source, steps=STEPS, scheduler="simple", cfg=1.0,
-                                              null=None, node="test")
+        inv, _ = nodes.pipelines.inversion.invert(tm.model, samples, source, steps=STEPS, scheduler="simple",
+                                                  cfg=1.0, null=None, node="test")
         inv = nodes.pipelines.inversion.optimize_text(tm.model, inv, source, null, mode="negative-prompt",
-                                                  guidance_scale=3.0, inner_steps=1, tolerance=1e-5, node="test")
+                                                  guidance_scale=3.0, inner_steps=1, tolerance=1e-5,
+                                                  node="test")
         p2p = nodes.pipelines.attention_patches
         mode = pack.psg_core.attention_control.P2PMode(settings.pop("mode", "replace"))
         cfg = p2p.P2PSettings(mode=mode, **settings)
@@ -222,7 +233,8 @@ def test_host_p2p_alignment_on_real_tokens(comfy_host, tiny_models, caplog) -> N
     longer = patches.prompt_tokens(clip, "a photo of a xylophone cat", "t")
     xylo = patches.word_positions(clip, longer, "xylophone")
     assert xylo == [5, 6, 7]  # three tokens
-    plan = patches.make_plan(clip, SOURCE, "a photo of a xylophone cat", patches.P2PSettings(mode=modes.REFINE), "t")
+    plan = patches.make_plan(clip, SOURCE, "a photo of a xylophone cat",
+                             patches.P2PSettings(mode=modes.REFINE), "t")
     assert plan.mapping.alpha[xylo].tolist() == [0, 0, 0]
     assert plan.mapping.index[8] == 5 and plan.mapping.alpha[8] == 1  # 'cat' keeps its source column
     assert plan.mapping.index[:5].tolist() == [0, 1, 2, 3, 4] and len(src.meaningful) == 7
@@ -305,8 +317,8 @@ def test_host_p2p_attention_mask_zeroes_the_perceptual_gradient_inside(comfy_hos
     probes: list[_GradientProbe] = []
 
     def perceptual(inversion, image):
-        guidance = nodes.pipelines.p2p.make_perceptual(tm.model, tm.vae, image, nodes.lpips_nodes.load("alex"), 1.0, None,
-                                               inversion)
+        guidance = nodes.pipelines.p2p.make_perceptual(tm.model, tm.vae, image,
+                                                       nodes.lpips_nodes.load("alex"), 1.0, None, inversion)
         guidance.loss = _GradientProbe(guidance.loss)
         probes.append(guidance.loss)
         return guidance
@@ -374,8 +386,8 @@ def test_host_p2p_split_batch_gives_the_same_edit(comfy_host, tiny_models, monke
 def test_host_p2p_prompts_longer_than_77_tokens(comfy_host, tiny_models) -> None:
     tail = ", " + " ".join(["very detailed"] * 40)
     seen: list[dict] = []
-    edit, _, _ = _run(comfy_host, tiny_models, "sd15", SWAP + tail, observers=[seen.append], source_text=SOURCE + tail,
-                      blend_words="cat, dog", cross_window=1.0, self_window=0.0)
+    edit, _, _ = _run(comfy_host, tiny_models, "sd15", SWAP + tail, observers=[seen.append],
+                      source_text=SOURCE + tail, blend_words="cat, dog", cross_window=1.0, self_window=0.0)
     cross = [e for e in seen if e["kind"] == "attn2" and e["edited"]]
     assert cross and all(e["probs"].shape[-1] == 154 for e in cross)
     assert all(torch.equal(e["probs"][e["edit_rows"]], e["probs"][e["source_rows"]]) for e in cross)
@@ -388,7 +400,8 @@ def test_host_p2p_nodes_have_tooltips_and_help_pages(comfy_host) -> None:
     docs = Path(__file__).resolve().parents[2] / "web" / "docs"
     for node_id in ("PSGTextEncode", "PSGPromptToPrompt", "PSGP2PSampler"):
         schema = comfy_host.node_class(node_id).define_schema()
-        assert schema.description and all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
+        assert schema.description
+        assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
         assert (docs / f"{node_id}.md").is_file()
 
 
@@ -407,8 +420,9 @@ def test_host_p2p_cli_runs_the_p2p_workflow_headless(comfy_server, tmp_path) -> 
                 node["inputs"][key] = value
     twin = write_json(tmp_path / "p2p_tiny.json", api)
     photo = write_photo(tmp_path / "cat.png")
-    proc = run_cli("edit", photo, "--source", "a photo of a cat", "--target", "a photo of a dog", "--p2p", "replace",
-                   "--blend", "cat, dog", "--reweight", "dog:1.5", "--workflow", twin, "--guidance-vae", "none",
+    proc = run_cli("edit", photo, "--source", "a photo of a cat", "--target", "a photo of a dog",
+                   "--p2p", "replace", "--blend", "cat, dog", "--reweight", "dog:1.5", "--workflow", twin,
+                   "--guidance-vae", "none",
                    "--server", comfy_server.url, "--out", tmp_path / "out", "--name", "result", "-q")
     assert proc.returncode == 0, f"{proc.stderr}\n{comfy_server.log_tail()}"
     assert read_pixels(tmp_path / "out" / "result.png").shape == (128, 128, 3)
@@ -440,8 +454,8 @@ def test_host_p2p_painted_mask_widens_the_attention_mask(comfy_host) -> None:
     expected[..., :2, :2] = 1.0
     expected[..., 3, 3] = 1.0
     assert torch.equal(union, expected)
-    assert torch.equal(p2p.perceptual_mask_fn(p2p.MaskUse.PAINTED_MASK, lambda step: attention, painted, "t")(0),
-                       painted)
+    assert torch.equal(p2p.perceptual_mask_fn(p2p.MaskUse.PAINTED_MASK, lambda step: attention, painted,
+                                              "t")(0), painted)
     assert p2p.perceptual_mask_fn(p2p.MaskUse.ATTENTION_MASK, None, painted, "t")(0) is painted
     assert p2p.perceptual_mask_fn(p2p.MaskUse.WHOLE_IMAGE, lambda step: attention, painted, "t") is None
     with pytest.raises(ValueError, match="needs a painted mask"):

@@ -36,8 +36,8 @@ TIMEOUT_S = 600
 
 
 def run(*cmd: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *map(str, cmd)], cwd=host.REPO_ROOT, capture_output=True, text=True,
-                          env={**cli_env(), "OMP_NUM_THREADS": "1"}, timeout=TIMEOUT_S)
+    return subprocess.run([sys.executable, *map(str, cmd)], cwd=host.REPO_ROOT, capture_output=True,
+                          text=True, env={**cli_env(), "OMP_NUM_THREADS": "1"}, timeout=TIMEOUT_S)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -52,13 +52,15 @@ def bench(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     base = root / "comfy_base"
     host.populate_custom_nodes(base / "custom_nodes")
     save_random_alexnet(base / "models" / "lpips")
-    wf = write_json(root / "psg_edit_tiny.json", swap_checkpoint_loader(load_workflow("psg_edit"), family="sd15"))
+    wf = write_json(root / "psg_edit_tiny.json",
+                    swap_checkpoint_loader(load_workflow("psg_edit"), family="sd15"))
     runner = ("-m", "benchmarks.pie_bench", "--data", data, "--out", root / "output",
               "--comfy-root", comfy_root, "--base-directory", base, "--cpu", "--workflow", wf,
               "--guidance-vae", "none", "--size", "64", "--steps", "2", "--set", "PSG Edit.inner_steps=2",
               "--seed", "0", "--methods", *METHODS)
     first = ok(run(*runner))
-    return {"root": root, "data": data, "output": root / "output", "runner": runner, "first_stdout": first.stdout}
+    return {"root": root, "data": data, "output": root / "output", "runner": runner,
+            "first_stdout": first.stdout}
 
 
 def test_host_pie_bench_writes_pnpinversion_layout(bench):
@@ -96,7 +98,8 @@ def test_host_pie_bench_methods_reach_the_workflow(bench):
                 assert settings["mask"] is None
             assert "[" not in settings["target"] and "]" not in settings["target"]
     a = pie.read_rgb(bench["output"] / "ddim-cfg" / "annotation_images" / "0_random_140" / "000000000001.jpg")
-    b = pie.read_rgb(bench["output"] / "direct-offsets+psg" / "annotation_images" / "0_random_140" / "000000000001.jpg")
+    edited = bench["output"] / "direct-offsets+psg" / "annotation_images" / "0_random_140"
+    b = pie.read_rgb(edited / "000000000001.jpg")
     assert np.abs(a.astype(int) - b).mean() > 1.0  # different methods, different edits
 
 
@@ -136,7 +139,8 @@ def test_host_pie_bench_on_ray_actors_writes_the_same_edits(bench):
 def clip_model(folder: Path):
     import transformers
 
-    return (transformers.CLIPModel.from_pretrained(folder).eval(), transformers.CLIPProcessor.from_pretrained(folder))
+    return (transformers.CLIPModel.from_pretrained(folder).eval(),
+            transformers.CLIPProcessor.from_pretrained(folder))
 
 
 def clip_reference(folder: Path, image: np.ndarray, text: str) -> float:
@@ -161,8 +165,8 @@ def test_host_pie_bench_evaluator_matches_independent_values(bench):
     pie_mini.save_random_squeezenet(models / "lpips")
     pie_mini.save_random_dino(models / "dino")
     clip_dir = save_tiny_clip(models / "clip_score" / "clip-vit-large-patch14")
-    proc = ok(run("-m", "psg_eval", "--data", data, "--output", output, "--models", models, "--metrics", "pnp",
-                  "pack_bgavg_mse", "--device", "cpu", "--out-dir", bench["root"] / "eval"))
+    proc = ok(run("-m", "psg_eval", "--data", data, "--output", output, "--models", models, "--metrics",
+                  "pnp", "pack_bgavg_mse", "--device", "cpu", "--out-dir", bench["root"] / "eval"))
 
     rows = {r["file_id"]: r for r in csv.DictReader(open(bench["root"] / "eval" / "evaluation_result.csv"))}
     assert list(rows) == [it.key for it in items]

@@ -75,7 +75,8 @@ def _widgets(info: dict[str, Any]) -> list[tuple[str, int]]:
         for name in info.get("input_order", {}).get(section, []):
             kind, opts = _spec(info, name)
             if (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput"):
-                out.append((name, 1 + bool(opts.get("control_after_generate")) + bool(opts.get("image_upload"))))
+                out.append((name,
+                            1 + bool(opts.get("control_after_generate")) + bool(opts.get("image_upload"))))
     return out
 
 
@@ -91,7 +92,9 @@ def test_host_workflows_ui_matches_the_real_registry_and_its_api_twin(name, regi
     nodes = {n["id"]: n for n in ui["nodes"]}
     links = {link[0]: link for link in ui["links"]}
     graph_nodes = [n for n in ui["nodes"] if n["type"] not in FRONTEND_ONLY]
-    assert any(n["type"] == "Note" and n["widgets_values"][0].strip() for n in ui["nodes"]), "no explaining note"
+    assert any(n["type"] == "Note" and n["widgets_values"][0].strip() for n in ui["nodes"]), (
+        "no explaining note"
+    )
     missing = sorted({n["type"] for n in graph_nodes} - set(registry))
     assert not missing, f"node types not registered on the host: {missing}"
 
@@ -112,7 +115,9 @@ def test_host_workflows_ui_matches_the_real_registry_and_its_api_twin(name, regi
         twin = api[str(node["id"])]
         assert twin["class_type"] == node["type"]
         widgets = _widgets(info)
-        assert len(node["widgets_values"]) == sum(n for _, n in widgets), f"{name}: {node['type']} widget count"
+        assert len(node["widgets_values"]) == sum(n for _, n in widgets), (
+            f"{name}: {node['type']} widget count"
+        )
         values, i = {}, 0
         for widget, count in widgets:
             values[widget] = node["widgets_values"][i]
@@ -122,7 +127,8 @@ def test_host_workflows_ui_matches_the_real_registry_and_its_api_twin(name, regi
             if socket["link"] is not None:
                 _, src, src_slot, *_ = links[socket["link"]]
                 expected[socket["name"]] = [str(src), src_slot]
-        frontend_added = {k: v for k, v in twin["inputs"].items() if k in FRONTEND_INPUTS.get(node["type"], ())}
+        frontend_added = {k: v for k,
+                          v in twin["inputs"].items() if k in FRONTEND_INPUTS.get(node["type"], ())}
         assert {k: v for k, v in twin["inputs"].items() if k not in frontend_added} == expected, \
             f"{name}: API twin of node {node['id']} differs"
         assert twin["_meta"]["title"] == node.get("title", info["display_name"])
@@ -139,7 +145,9 @@ def test_host_workflows_ui_matches_the_real_registry_and_its_api_twin(name, regi
         assert api[gvae]["class_type"] == "VAELoader"
         assert api[gvae]["inputs"]["vae_name"] == roles.TAESD_FOR_FAMILY[template_family(name)]
         consumers = [n["class_type"] for n in api.values() if n["inputs"].get("guidance_vae") == [gvae, 0]]
-        assert consumers and all(c.startswith("PSG") for c in consumers), f"{name}: guidance VAE feeds {consumers}"
+        assert consumers and all(c.startswith("PSG") for c in consumers), (
+            f"{name}: guidance VAE feeds {consumers}"
+        )
         notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note"]
         assert any("models/vae_approx" in text and roles.TAESD_FOR_FAMILY[template_family(name)] in text
                    for text in notes), f"{name}: no note explaining the guidance VAE files"
@@ -249,16 +257,21 @@ def test_host_workflows_api_twin_runs_headless_through_the_cli(name, comfy_serve
     assert edited.shape == (128, 128, 3)
     if name == "psg_compare":
         assert {"Difference grid", "Loss plot"} <= set(settings["outputs"]), settings["outputs"]
-        assert "psnr" in json.dumps(settings.get("metrics")), f"no metrics in the settings: {settings.get('metrics')}"
+        assert "psnr" in json.dumps(settings.get("metrics")), (
+            f"no metrics in the settings: {settings.get('metrics')}"
+        )
     else:
         assert "Grid preview" in settings["outputs"], "the before|after preview was not produced"
-    loaders = {n["inputs"].get("vae_name") for n in settings["prompt"].values() if n["class_type"] == "VAELoader"}
+    loaders = {n["inputs"].get("vae_name") for n in settings["prompt"].values()
+               if n["class_type"] == "VAELoader"}
     family = template_family(name)
-    expected = None if name in NO_PERCEPTUAL_GUIDANCE else TINY_GUIDANCE_VAE.get(family, roles.TAESD_FOR_FAMILY[family])
+    expected = (None if name in NO_PERCEPTUAL_GUIDANCE
+                else TINY_GUIDANCE_VAE.get(family, roles.TAESD_FOR_FAMILY[family]))
     assert settings["guidance_vae"] == expected and loaders == ({expected} if expected else set())
 
 
-def test_host_workflows_guidance_vae_none_decodes_guidance_with_the_main_vae(comfy_server, random_lpips, tmp_path):
+def test_host_workflows_guidance_vae_none_decodes_guidance_with_the_main_vae(
+        comfy_server, random_lpips, tmp_path):
     """``--guidance-vae none`` (no TAESD files on a user's machine): the loader is dropped and the
     edit still runs, the LPIPS gradient then going through the checkpoint's own VAE."""
     settings = _edit("psg_edit", comfy_server, tmp_path, write_photo(tmp_path / "cat.png"),
