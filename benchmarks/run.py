@@ -204,28 +204,25 @@ def step_section(table: Table, steps: Steps, repeats: int) -> None:
     }
     t = alternate(fns, repeats)
     floor = t["denoiser call (b3)"] + t["VAE decoder f+b"] + t["LPIPS f+b"]
-    table.add("triple-prompt step / one batch-3 denoiser call", t["plain triple step"] / t["denoiser call "
-                                                                                           "(b3)"], 1.05,
-              f"{t['plain triple step']:.3f} s / {t['denoiser call (b3)']:.3f} s")
+
+    def ratio(what: str, numerator: str, denominator: str, target: float | None, extra: str = "") -> None:
+        table.add(what, t[numerator] / t[denominator], target,
+                  f"{t[numerator]:.3f} s / {t[denominator]:.3f} s{extra}")
+
+    ratio("triple-prompt step / one batch-3 denoiser call", "plain triple step", "denoiser call (b3)", 1.05)
     table.add("x0-only LPIPS-guided step / sum of its passes alone", t["guided step (x0)"] / floor, 1.15,
               f"{t['guided step (x0)']:.3f} s / ({t['denoiser call (b3)']:.3f} + {t['VAE decoder f+b']:.3f} "
               f"+ {t['LPIPS f+b']:.3f}) s")
-    table.add("through-model (DPS) guided step / x0-only guided step",
-              t["guided step (DPS)"] / t["guided step (x0)"], None,
-              f"{t['guided step (DPS)']:.3f} s / {t['guided step (x0)']:.3f} s")
-    table.add("x0-only guided step (full VAE decoder) / plain triple step",
-              t["guided step (x0)"] / t["plain triple step"], None,
-              f"{t['guided step (x0)']:.3f} s / {t['plain triple step']:.3f} s")
-    table.add("TAESD-guided step / plain triple step",
-              t["guided step (TAESD)"] / t["plain triple step"], 1.15,
-              f"{t['guided step (TAESD)']:.3f} s / {t['plain triple step']:.3f} s (TAESD f+b alone "
-              f"{t['TAESD decoder f+b']:.3f} s)")
-    table.add("block-checkpointed decoder (+ loss at 1/2) guided step / x0-only guided step",
-              t["guided step (block ckpt)"] / t["guided step (x0)"], None,
-              f"{t['guided step (block ckpt)']:.3f} s / {t['guided step (x0)']:.3f} s")
-    table.add("half-resolution full-decoder guided step / plain triple step",
-              t["guided step (half-res)"] / t["plain triple step"], None,
-              f"{t['guided step (half-res)']:.3f} s / {t['plain triple step']:.3f} s")
+    ratio("through-model (DPS) guided step / x0-only guided step",
+          "guided step (DPS)", "guided step (x0)", None)
+    ratio("x0-only guided step (full VAE decoder) / plain triple step",
+          "guided step (x0)", "plain triple step", None)
+    ratio("TAESD-guided step / plain triple step", "guided step (TAESD)", "plain triple step", 1.15,
+          f" (TAESD f+b alone {t['TAESD decoder f+b']:.3f} s)")
+    ratio("block-checkpointed decoder (+ loss at 1/2) guided step / x0-only guided step",
+          "guided step (block ckpt)", "guided step (x0)", None)
+    ratio("half-resolution full-decoder guided step / plain triple step", "guided step (half-res)",
+          "plain triple step", None)
 
 
 def memory_section(table: Table, steps: Steps) -> None:

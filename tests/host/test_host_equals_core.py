@@ -15,7 +15,7 @@ import node_helpers
 import pytest
 import torch
 from comfy_execution.graph_utils import GraphBuilder
-from PIL import Image
+from psg_testing.cli_support import write_photo
 from psg_testing.tiny_models import FAMILIES
 
 logger = logging.getLogger(__name__)
@@ -32,11 +32,8 @@ GRADIENTS = {"x0 (fast)": False, "through model (DPS)": True}
 
 @pytest.fixture(scope="module")
 def photo(comfy_host) -> str:
-    from skimage import data
-
     name = "psg_equals_core.png"
-    picture = Image.fromarray(data.astronaut()).resize((SIZE, SIZE), Image.BICUBIC)
-    picture.save(comfy_host.base_dir / "input" / name)
+    write_photo(comfy_host.base_dir / "input" / name, SIZE, "astronaut", crop=False)
     return name
 
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 from comfy_execution.graph_utils import GraphBuilder
-from PIL import Image
+from psg_testing.cli_support import write_photo
 from psg_testing.host import PromptExecutionError
 
 logger = logging.getLogger(__name__)
@@ -19,11 +19,8 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def photo(comfy_host) -> str:
-    from skimage import data
-
     name = "psg_method_fixes.png"
-    picture = Image.fromarray(data.coffee()).resize((SIZE, SIZE), Image.BICUBIC)
-    picture.save(comfy_host.base_dir / "input" / name)
+    write_photo(comfy_host.base_dir / "input" / name, SIZE, "coffee", crop=False)
     return name
 
 

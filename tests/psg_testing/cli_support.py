@@ -37,15 +37,18 @@ def run_cli(*args: str | Path, timeout: float = CLI_TIMEOUT_S,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def write_photo(path: Path, size: int = 128, which: str = "chelsea") -> Path:
-    """A real photo (scikit-image), centre-cropped and resized to ``size`` square."""
+def write_photo(path: Path, size: int = 128, which: str = "chelsea", crop: bool = True) -> Path:
+    """A real photo (scikit-image) resized (bicubic) to ``size`` square, centre-cropped to a square
+    first unless ``crop`` is False (then squeezed, as the older fixtures' photos are)."""
     import skimage.data
 
     array = getattr(skimage.data, which)()
-    h, w = array.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    img = Image.fromarray(array[top:top + side, left:left + side]).convert("RGB").resize((size, size))
+    if crop:
+        h, w = array.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        array = array[top:top + side, left:left + side]
+    img = Image.fromarray(array).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path

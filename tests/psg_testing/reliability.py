@@ -10,6 +10,7 @@ from typing import Any
 
 from comfy_execution.graph_utils import GraphBuilder
 
+from .cli_support import write_photo
 from .metric_models import ALEX_FILE, save_random_alexnet
 
 logger = logging.getLogger(__name__)
@@ -22,20 +23,11 @@ PHOTO_BIG = "psg_rel_cat_128.png"
 PHOTO_ODD = "psg_rel_cat_60.png"
 
 
-def write_photo(path: Path, size: int) -> None:
-    """scikit-image's cat, resized to ``size`` square (a real photo, no download)."""
-    from PIL import Image
-    from skimage import data
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(data.chelsea()).resize((size, size), Image.BICUBIC).save(path)
-
-
 def prepare_base_dir(base_dir: Path) -> None:
     """Photos in ``input/`` and a seeded random AlexNet backbone in ``models/lpips`` (idempotent)."""
     for name, size in ((PHOTO, SIZE), (PHOTO_BIG, 2 * SIZE), (PHOTO_ODD, SIZE - 4)):
         if not (base_dir / "input" / name).is_file():
-            write_photo(base_dir / "input" / name, size)
+            write_photo(base_dir / "input" / name, size, crop=False)
     if not (base_dir / "models" / "lpips" / ALEX_FILE).is_file():
         save_random_alexnet(base_dir / "models" / "lpips")
 
