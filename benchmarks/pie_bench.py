@@ -10,7 +10,7 @@ times, e.g. one ComfyUI per GPU; ``--comfy-root`` in-process; ``--ray [ADDRESS|a
 (saved by Pillow from the file name, as PnPInversion's runners save). Methods are
 ``<text guidance>[+psg[-mask]]``:
 
-    ddim-cfg          DDIM inversion + plain CFG (PSG Edit text_optimisation = none)
+    ddim-cfg          DDIM inversion + plain CFG (PSG Edit text_optimization = none)
     null-text         null-text optimization         negative-prompt   negative-prompt inversion
     direct-offsets    direct-inversion offsets
     +psg              perceptual (LPIPS) guidance on (scale from the workflow or --psg-scale)
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("pie_bench")
 EDIT_NODE = "PSG Edit"
-TEXT_GUIDANCE = {"ddim-cfg": "none", "null-text": "null-text optimisation",
+TEXT_GUIDANCE = {"ddim-cfg": "none", "null-text": "null-text optimization",
                  "negative-prompt": "negative-prompt", "direct-offsets": "direct offsets"}
 PERCEPTUAL = {"": (False, False), "+psg": (True, False), "+psg-mask": (True, True)}
 ALL_METHODS = [f"{t}{p}" for t in TEXT_GUIDANCE for p in PERCEPTUAL]
@@ -64,7 +64,7 @@ JOURNAL = "journal.jsonl"
 @dataclass(frozen=True)
 class Method:
     name: str
-    text_optimisation: str
+    text_optimization: str
     perceptual: bool
     masked: bool
 
@@ -77,7 +77,7 @@ class Method:
         raise CliError(f"unknown method '{name}'; choose from: {', '.join(ALL_METHODS)}")
 
     def sets(self, psg_scale: float | None) -> list[str]:
-        sets = [f"{EDIT_NODE}.text_optimisation={self.text_optimisation}"]
+        sets = [f"{EDIT_NODE}.text_optimization={self.text_optimization}"]
         if not self.perceptual:
             sets.append(f"{EDIT_NODE}.scale=0")
         elif psg_scale is not None:

@@ -278,7 +278,7 @@ class GradCounter:
 
 
 def null_text_section(table: Table, steps: int = 50, scale: float = 7.5) -> None:
-    from reconstruction_table import problem, rmse, schedule
+    from .reconstruction_table import problem, rmse, schedule
 
     space = NoiseSpace.VE
     model, source, edit, null, x0 = problem(space)
@@ -378,7 +378,7 @@ def _edit_graph(base: Path, steps: int, inner_steps: int) -> tuple[dict, list[tu
     inv = g.node("PSGDDIMInversion", model=ck.out(0), latent=latent.out(0), source=source.out(0), steps=steps,
                  scheduler="simple", cfg=1.0)
     opt = g.node("PSGTextGuidanceOptimize", model=ck.out(0), inversion=inv.out(0), source=source.out(0),
-                 null=null.out(0), mode="null-text optimisation", guidance_scale=W_SOURCE + W_EDIT,
+                 null=null.out(0), mode="null-text optimization", guidance_scale=W_SOURCE + W_EDIT,
                  inner_steps=inner_steps, tolerance=1e-5)
     guider = g.node("PSGTriplePromptGuider", model=ck.out(0), null=null.out(0), source=source.out(0),
                     edit=edit.out(0), w_source=W_SOURCE, w_edit=W_EDIT, inversion=opt.out(0))

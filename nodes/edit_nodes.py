@@ -53,9 +53,9 @@ class PSGEdit(io.ComfyNode):
                 io.Float.Input("w_edit", default=7.5, min=-30.0, max=30.0, step=0.1, round=0.01,
                                tooltip="Weight of (edit - null), the CFG scale; 0 reconstructs the photo. "
                                        "5-10 typical."),
-                io.Combo.Input("text_optimisation",  # the id saved workflows hold: it keeps its spelling
+                io.Combo.Input("text_optimization",
                                options=[*TEXT_MODE_NAMES, NO_OPTIMIZATION], default=TextMode.NULL_TEXT.value,
-                               tooltip="How to keep the unedited content: 'null-text optimisation' (best, "
+                               tooltip="How to keep the unedited content: 'null-text optimization' (best, "
                                        "slow), 'negative-prompt' (free), 'direct offsets' (fast), 'none'. "
                                        "Fitted at scale w_source + w_edit."),
                 io.Int.Input("inner_steps", default=10, min=1, max=100,
@@ -98,7 +98,7 @@ class PSGEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, image, null, source, edit, lpips, steps, scheduler, w_source, w_edit,
-                text_optimisation, inner_steps, scale, start, end, mask=None, guidance_vae=None,
+                text_optimization, inner_steps, scale, start, end, mask=None, guidance_vae=None,
                 guidance_resolution="full") -> io.NodeOutput:
         for name, cond in (("null", null), ("source", source), ("edit", edit)):
             host.embedding_of(cond, name, NODE)
@@ -109,7 +109,7 @@ class PSGEdit(io.ComfyNode):
         validation.check_mask_batch(mask, image.shape[0], NODE)
         decoded, latent, losses = run_edit(
             model, vae, image, null, source, edit, lpips, steps=steps, scheduler=scheduler, w_source=w_source,
-            w_edit=w_edit, text_mode=text_optimisation, inner_steps=inner_steps, settings=settings,
+            w_edit=w_edit, text_mode=text_optimization, inner_steps=inner_steps, settings=settings,
             mask=mask, guidance_vae=guidance_vae, node=NODE,
             node_id=cls.hidden.unique_id if cls.hidden is not None else None)
         return io.NodeOutput(decoded, {"samples": latent}, losses or [0.0])

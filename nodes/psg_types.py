@@ -19,11 +19,16 @@ PSGP2PType = io.Custom("PSG_P2P")
 class TextMode(str, Enum):
     """How text guidance is made to retrace the inversion (stored in ``PSGInversion.mode`` by value).
 
-    The values are what saved workflows and inversion files hold, so they keep their spelling."""
+    The values are what workflows and inversion files hold; files saved by version 0.1.0 spell the
+    null-text mode "null-text optimisation", which still reads as ``NULL_TEXT``."""
 
-    NULL_TEXT = "null-text optimisation"  # one optimized null embedding per step (Mokady et al.)
+    NULL_TEXT = "null-text optimization"  # one optimized null embedding per step (Mokady et al.)
     NEGATIVE_PROMPT = "negative-prompt"  # the source prompt as the null: free
     DIRECT_OFFSETS = "direct offsets"  # the per-step latent drift, added back while sampling
+
+    @classmethod
+    def _missing_(cls, value: object) -> TextMode | None:
+        return cls.NULL_TEXT if value == "null-text optimisation" else None
 
     @property
     def needs_scale(self) -> bool:

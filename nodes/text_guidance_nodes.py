@@ -32,7 +32,7 @@ class PSGTextGuidanceOptimize(io.ComfyNode):
                 io.Conditioning.Input("null", tooltip="The null (empty) prompt, the starting point of the "
                                                       "optimization."),
                 io.Combo.Input("mode", options=TEXT_MODE_NAMES, default=TextMode.NULL_TEXT.value,
-                               tooltip="'null-text optimisation' (best), 'negative-prompt' (free) or "
+                               tooltip="'null-text optimization' (best), 'negative-prompt' (free) or "
                                        "'direct offsets' (fast)."),
                 io.Float.Input("guidance_scale", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01,
                                tooltip="The CFG scale sampling will use on the source prompt; 7.5 as in the "

@@ -75,7 +75,7 @@ class Family:
     long_side: int
     multiple: int
     w_edit: float = 7.5
-    text_optimisation: str = "null-text optimisation"
+    text_optimization: str = "null-text optimization"
     flux_guidance: float | None = None
     advice: str = ""
 
@@ -101,11 +101,11 @@ FAMILIES = {
                          "text conditioning of a large model: 'negative-prompt' is the fast choice."),
     "flux": Family("flux", "Flux.1-dev", "flux1-dev-fp8.safetensors",
                    f"{HF}/Comfy-Org/flux1-dev/resolve/main/flux1-dev-fp8.safetensors", 1024, 16,
-                   w_edit=1.0, text_optimisation="none", flux_guidance=3.5,
+                   w_edit=1.0, text_optimization="none", flux_guidance=3.5,
                    advice="Flux.1-dev is guidance-distilled: the guidance strength is the Flux Guidance "
                           "value (3.5) inside the conditioning, and classifier-free guidance stays OFF "
                           "(w_edit 1, w_source 0: one prompt, no null branch). Null-text optimization "
-                          "needs CFG, so text_optimisation is 'none'; the LPIPS guidance (scale) keeps the "
+                          "needs CFG, so text_optimization is 'none'; the LPIPS guidance (scale) keeps the "
                           "photo. Raise Flux Guidance for stronger edits."),
 }
 
@@ -202,7 +202,7 @@ cat -> tiger). Null prompt stays empty.
  - w_edit: CFG strength of the edit ({family.w_edit} here). 0 reconstructs the photo.
  - w_source: weight of the source prompt (0 = plain CFG on the target; small negative values push away from \
 the source).
- - text_optimisation: 'null-text optimisation' (best, slow), 'negative-prompt' (free), 'direct offsets' \
+ - text_optimization: 'null-text optimization' (best, slow), 'negative-prompt' (free), 'direct offsets' \
 (fast), 'none'.
  - inner_steps: null-text: at most this many model calls per step (10; it usually stops after 2-3).
  - scale / start / end: LPIPS guidance strength (0 = off, 0.5-2 typical) and when it acts; higher keeps more \
@@ -221,7 +221,7 @@ size."""
 
 def one_node_edit(name: str, family: Family, steps: int = 50) -> Workflow:
     values = {"steps": steps, "w_edit": family.w_edit, "w_source": 0.0, "scale": 1.0,
-              "text_optimisation": family.text_optimisation}
+              "text_optimization": family.text_optimization}
     return Workflow(name, _edit_note(name, family), [
         *_loader(family),
         *_guidance_vae(family),
@@ -280,7 +280,7 @@ DDIM inversion -> null-text optimization -> sample back with w_edit = 0 (only th
 optimization's guidance scale w_source = 7.5) and LPIPS guidance off (scale 0). 'Before | after' should look \
 identical; if it does not, raise inner_steps or steps before editing.
 - Inversion and BasicScheduler must use the same steps and scheduler (here 50, simple).
-- Text Guidance Optimization: guidance_scale must equal w_source here (7.5); mode 'null-text optimisation' \
+- Text Guidance Optimization: guidance_scale must equal w_source here (7.5); mode 'null-text optimization' \
 reconstructs best, 'negative-prompt' is free but looser.
 - The Target prompt is unused at w_edit = 0 (kept so the CLI can fill it).
 {photo}
@@ -294,7 +294,7 @@ Perceptual Sampler (LPIPS to the photo) -> SamplerCustomAdvanced (noise disabled
 inverted noise) -> VAE Decode -> Output size.
 Knobs:
 - steps / scheduler: identical in DDIM Inversion and BasicScheduler (denoise 1.0).
-- Text Guidance Optimization: mode ('null-text optimisation' best / 'negative-prompt' free / 'direct \
+- Text Guidance Optimization: mode ('null-text optimization' best / 'negative-prompt' free / 'direct \
 offsets' fast), guidance_scale = the w_edit you sample with (7.5), inner_steps 10 (at most; usually 2-3 \
 calls per step are used).
 - Guider: w_edit = edit strength (5-10; 0 reconstructs), w_source = weight of the source prompt (0 = plain \
@@ -670,7 +670,7 @@ def _facts(n: Node) -> list[str]:
         "FluxGuidance": [f"guidance {v.get('guidance')} (distilled)"],
         "PSGLoadInversion": ["a saved inversion", "no inversion, no optimization"],
         "PSGDDIMInversion": [f"{v.get('steps')} steps", "under the source prompt"],
-        "PSGTextGuidanceOptimize": ["null-text optimisation", "per-step nulls"],
+        "PSGTextGuidanceOptimize": ["null-text optimization", "per-step nulls"],
         "PSGSaveInversion": ["psg_inversions/", "file name on the canvas"],
         "PSGTriplePromptGuider": [f"w_edit {v.get('w_edit')}", f"w_source {v.get('w_source')}"],
         "PSGPerceptualSampler": [f"LPIPS scale {v.get('scale')}", "keeps the rest"],

@@ -293,13 +293,13 @@ def test_core_eval_runner_methods_and_layout_file(tmp_path):
     runner = load_runner()
     assert len(runner.ALL_METHODS) == 12
     m = runner.Method.parse("negative-prompt+psg-mask")
-    assert (m.text_optimisation, m.perceptual, m.masked) == ("negative-prompt", True, True)
+    assert (m.text_optimization, m.perceptual, m.masked) == ("negative-prompt", True, True)
     assert runner.Method.parse("ddim-cfg").sets(2.0) == [
-        "PSG Edit.text_optimisation=none", "PSG Edit.scale=0"]
+        "PSG Edit.text_optimization=none", "PSG Edit.scale=0"]
     assert runner.Method.parse("direct-offsets+psg").sets(2.0) == [
-        "PSG Edit.text_optimisation=direct offsets", "PSG Edit.scale=2.0"]
+        "PSG Edit.text_optimization=direct offsets", "PSG Edit.scale=2.0"]
     assert runner.Method.parse("null-text+psg").sets(None) == [
-        "PSG Edit.text_optimisation=null-text optimisation"]
+        "PSG Edit.text_optimization=null-text optimization"]
     with pytest.raises(runner.CliError, match="unknown method 'p2p'"):
         runner.Method.parse("p2p")
     with pytest.raises(SystemExit):  # the CLI's prompt-to-prompt flags are refused, not silently ignored

@@ -203,7 +203,7 @@ def test_host_cli_client_readme_batch_example_runs_on_the_shipped_dataset(
     out = tmp_path / "batch"
     wf = tiny_edit_workflow(tmp_path)
     proc = run_main_job(["edit-batch", "examples/edits.json", "--workflow", str(wf), "--out", str(out),
-                         "--set", "PSG Edit.scale=0", "--set", "PSG Edit.text_optimisation=negative-prompt"],
+                         "--set", "PSG Edit.scale=0", "--set", "PSG Edit.text_optimization=negative-prompt"],
                         cwd=REPO, env=user_env(comfy_server, light_python, tmp_path / "log"))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{comfy_server.log_tail()}"
     results = json.loads((out / "results.json").read_text())

@@ -26,7 +26,7 @@ W_SOURCE, W_EDIT = 1.0, 2.0
 FIT_SCALE = W_SOURCE + W_EDIT
 INNER_STEPS = 2
 SCALE = 1.0
-MODES = ("none", "null-text optimisation", "negative-prompt", "direct offsets")
+MODES = ("none", "null-text optimization", "negative-prompt", "direct offsets")
 GRADIENTS = {"x0 (fast)": False, "through model (DPS)": True}
 
 
@@ -69,7 +69,7 @@ def build_graph(family: str, photo: str):
         runs[mode, "PSG Edit"] = g.node(
             "PSGEdit", model=ck.out(0), vae=ck.out(2), image=image.out(0), null=text["null"].out(0),
             source=text["source"].out(0), edit=text["edit"].out(0), lpips=lpips.out(0), steps=STEPS,
-            scheduler="simple", w_source=W_SOURCE, w_edit=W_EDIT, text_optimisation=mode,
+            scheduler="simple", w_source=W_SOURCE, w_edit=W_EDIT, text_optimization=mode,
             inner_steps=INNER_STEPS,
             scale=SCALE, start=0.0, end=1.0, seed=0)
     nodes = {"ck": ck, "image": image, "lpips": lpips, **{f"text:{k}": v for k, v in text.items()},

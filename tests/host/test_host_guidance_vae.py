@@ -170,7 +170,7 @@ def test_host_guidance_vae_reduces_the_loss_it_guides(taesd_host):
     for scale in (0.0, 4.0):
         graph = PSGGraph()
         vae = taesd(graph)
-        edit = graph.edit(steps=4, scale=scale, guidance_vae=vae.out(0), text_optimisation="none")
+        edit = graph.edit(steps=4, scale=scale, guidance_vae=vae.out(0), text_optimization="none")
         seen = graph.node("VAEDecode", samples=edit.out(1), vae=vae.out(0))
         metrics = graph.node("PSGImageMetrics", image_a=graph.image.out(0), image_b=seen.out(0),
                              lpips=graph.lpips.out(0))
@@ -208,7 +208,7 @@ def test_host_guidance_half_resolution_decodes_half_size(taesd_host, trace):
 def test_host_guidance_quarter_resolution_too_small_is_refused(taesd_host):
     """1/4 of a 64 px photo would be a 16 px guidance image, too small for LPIPS: one clear message."""
     graph = PSGGraph()
-    edit = graph.edit(guidance_resolution="1/4", text_optimisation="none")
+    edit = graph.edit(guidance_resolution="1/4", text_optimization="none")
     graph.preview(edit.out(2))
     with pytest.raises(PromptExecutionError) as caught:
         taesd_host.run(graph.prompt())

@@ -132,7 +132,7 @@ def test_host_metrics_nodes_grid_and_loss_plot_sizes(comfy_host, files, lpips_di
              for k, t in (("null", ""), ("source", "a cup of coffee"), ("edit", "a cup of tea"))}
     lpips = g.node("PSGLPIPSLoader", net="alex").out(0)
     edit = g.node("PSGEdit", model=ck.out(0), vae=ck.out(2), image=a.out(0), lpips=lpips,
-                  steps=3, scheduler="simple", w_source=0.0, w_edit=3.0, text_optimisation="negative-prompt",
+                  steps=3, scheduler="simple", w_source=0.0, w_edit=3.0, text_optimization="negative-prompt",
                   inner_steps=1, scale=1.0, start=0.0, end=1.0, seed=0, **conds)
     plot = g.node("PSGLossPlot", losses=edit.out(2), width=320, height=200, title="loss", log_scale=True)
     preview = g.node("PreviewImage", images=plot.out(0))

@@ -67,7 +67,7 @@ class Edit:
         return self.g.node("PSGDDIMInversion", model=self.ck.out(0), latent=self.latent.out(0),
                            source=self.source.out(0), steps=steps, scheduler=scheduler, cfg=1.0)
 
-    def optimize(self, inversion, mode: str = "null-text optimisation", inner_steps: int = 2,
+    def optimize(self, inversion, mode: str = "null-text optimization", inner_steps: int = 2,
                  guidance_scale: float = 3.0):
         return self.g.node("PSGTextGuidanceOptimize", model=self.ck.out(0), inversion=inversion.out(0),
                            source=self.source.out(0), null=self.null.out(0), mode=mode,
@@ -88,13 +88,13 @@ class Edit:
         decode = g.node("VAEDecode", samples=run.out(0), vae=self.ck.out(2))
         return run, decode
 
-    def one_node(self, *, w_source=0.0, w_edit=3.0, text="null-text optimisation", scale=1.0, steps=STEPS,
+    def one_node(self, *, w_source=0.0, w_edit=3.0, text="null-text optimization", scale=1.0, steps=STEPS,
                  inner_steps=2):
         return self.g.node(
             "PSGEdit", model=self.ck.out(0), vae=self.ck.out(2), image=self.image.out(0),
             null=self.null.out(0),
             source=self.source.out(0), edit=self.edit.out(0), lpips=self.lpips.out(0), steps=steps,
-            scheduler="simple", w_source=w_source, w_edit=w_edit, text_optimisation=text,
+            scheduler="simple", w_source=w_source, w_edit=w_edit, text_optimization=text,
             inner_steps=inner_steps,
             scale=scale, start=0.0, end=1.0,
         )
@@ -345,7 +345,7 @@ def test_host_nodes_gradients_work_with_inference_mode_weights(comfy_host, photo
         for name, text in (("null", ""), ("source", "a photo of a cat"), ("edit", "a photo of a tiger")):
             conds[name] = fresh.clip.encode_from_tokens_scheduled(fresh.clip.tokenize(text))
         args = dict(image=image, lpips=lpips, steps=3, scheduler="simple", w_source=0.0, w_edit=3.0,
-                    text_optimisation="null-text optimisation", inner_steps=2, scale=1.0, start=0.0, end=1.0,
+                    text_optimization="null-text optimization", inner_steps=2, scale=1.0, start=0.0, end=1.0,
                     **conds)
         out = edit_node.execute(model=fresh.model, vae=fresh.vae, **args)
         ref = tiny_models("sd15", seed=0)
@@ -374,3 +374,14 @@ def test_host_nodes_object_info_lists_every_node_with_tooltips(comfy_server):
         assert len(tooltips) == len(entry["output"]) and all(tooltips), (
             f"{node_id} output tooltips {tooltips}"
         )
+
+
+def test_host_nodes_text_mode_reads_the_spelling_of_version_0_1_0(comfy_host):
+    """Inversion files saved by version 0.1.0 hold "null-text optimisation": it still reads as the
+    null-text mode, while the menus offer only the one spelling."""
+    types = comfy_host.pack_module().nodes.psg_types
+    assert types.TextMode("null-text optimisation") is types.TextMode.NULL_TEXT
+    assert types.TextMode("null-text optimization") is types.TextMode.NULL_TEXT
+    assert "null-text optimisation" not in types.TEXT_MODE_NAMES
+    with pytest.raises(ValueError):
+        types.TextMode("null-text")

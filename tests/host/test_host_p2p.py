@@ -100,7 +100,7 @@ class P2PGraph:
 
 
 def test_host_p2p_source_branch_is_the_null_text_reconstruction(comfy_host, photo, lpips_folder) -> None:
-    p = P2PGraph("sd15", photo, mode="null-text optimisation")
+    p = P2PGraph("sd15", photo, mode="null-text optimization")
     rec = p.reconstruction()
     result = comfy_host.run(p.g.finalize(), outputs=[p.p2p.id, rec.id])
     source = result.output(p.p2p.id, 2)["samples"]

@@ -78,7 +78,7 @@ def test_host_pie_bench_writes_pnpinversion_layout(bench):
 
 def test_host_pie_bench_methods_reach_the_workflow(bench):
     """The method's settings reach PSG Edit; only +psg-mask uploads PIE-Bench's mask."""
-    expected = {"ddim-cfg": ("none", 0.0, False), "null-text+psg-mask": ("null-text optimisation", 1.0, True),
+    expected = {"ddim-cfg": ("none", 0.0, False), "null-text+psg-mask": ("null-text optimization", 1.0, True),
                 "direct-offsets+psg": ("direct offsets", 1.0, False)}
     for method, (mode, scale, masked) in expected.items():
         results = json.loads((bench["output"] / method / "psg_batch" / "results.json").read_text())
@@ -86,7 +86,7 @@ def test_host_pie_bench_methods_reach_the_workflow(bench):
         for rec in results["items"]:
             settings = json.loads((bench["output"] / method / "psg_batch" / rec["settings_file"]).read_text())
             edit = next(n for n in settings["prompt"].values() if n["class_type"] == "PSGEdit")
-            assert edit["inputs"]["text_optimisation"] == mode and edit["inputs"]["scale"] == scale
+            assert edit["inputs"]["text_optimization"] == mode and edit["inputs"]["scale"] == scale
             assert edit["inputs"]["steps"] == 2
             mask_loader = mask_source(settings["prompt"], edit)
             assert mask_loader["class_type"] == ("LoadImageMask" if masked else "LoadImage"), method

@@ -67,7 +67,7 @@ class PSGGraph:
                            latent=latent or self.latent.out(0), source=self.source.out(0), steps=steps,
                            scheduler="simple", cfg=1.0)
 
-    def optimize(self, inversion: Any, *, mode: str = "null-text optimisation", inner_steps: int = 2) -> Any:
+    def optimize(self, inversion: Any, *, mode: str = "null-text optimization", inner_steps: int = 2) -> Any:
         return self.g.node("PSGTextGuidanceOptimize", model=self.ck.out(0), inversion=inversion.out(0),
                            source=self.source.out(0), null=self.null.out(0), mode=mode, guidance_scale=3.0,
                            inner_steps=inner_steps, tolerance=1e-5)
@@ -92,7 +92,7 @@ class PSGGraph:
         inputs: dict[str, Any] = dict(
             model=self.ck.out(0), vae=self.ck.out(2), image=image or self.image.out(0), null=self.null.out(0),
             source=self.source.out(0), edit=self.edit_text.out(0), lpips=self.lpips.out(0), steps=steps,
-            scheduler="simple", w_source=0.0, w_edit=3.0, text_optimisation="null-text optimisation",
+            scheduler="simple", w_source=0.0, w_edit=3.0, text_optimization="null-text optimization",
             inner_steps=2, scale=1.0, start=0.0, end=1.0,
         )
         inputs.update(overrides)
