@@ -25,7 +25,9 @@ def pack_nodes(comfy_host) -> dict[str, type]:
 
 
 def float_inputs(cls) -> dict[str, object]:
-    return {spec.id: spec for spec in cls.define_schema().inputs if spec.get_io_type() == "FLOAT"}
+    """The FLOAT widgets (a force_input FLOAT is a socket fed by another node, not typed in)."""
+    return {spec.id: spec for spec in cls.define_schema().inputs
+            if spec.get_io_type() == "FLOAT" and not getattr(spec, "force_input", False)}
 
 
 def test_host_number_inputs_every_float_widget_of_the_pack_is_checked(comfy_host):
