@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -124,6 +124,7 @@ def _spatial_ratio(vae: Any) -> int:
     return int(ratio) if isinstance(ratio, (int, float)) else 8
 
 
+@dataclass(eq=False)
 class PerceptualSampling:
     """The KSAMPLER function: ``psg_core.ddim_sample`` over the GUIDER's combined x0.
 
@@ -134,17 +135,15 @@ class PerceptualSampling:
 
     starts_from_latent = True  # read by the PSG guider: this sampler needs no noise_scaling'd start
 
-    def __init__(self, vae, reference, lpips, settings: PerceptualSettings, mask,
-                 inversion: PSGInversion | None, guidance_vae: Any, node: str):
-        self.vae = vae
-        self.guidance_vae = guidance_vae
-        self.node = node
-        self.reference = reference
-        self.lpips = lpips
-        self.settings = settings
-        self.mask = mask
-        self.inversion = inversion
-        self.losses: list[float] = []
+    vae: Any
+    reference: torch.Tensor
+    lpips: Any
+    settings: PerceptualSettings
+    mask: torch.Tensor | None
+    inversion: PSGInversion | None
+    guidance_vae: Any
+    node: str
+    losses: list[float] = field(default_factory=list)
 
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         from ...psg_core.ddim import ddim_sample
