@@ -385,3 +385,19 @@ def test_host_nodes_text_mode_reads_the_spelling_of_version_0_1_0(comfy_host):
     assert "null-text optimisation" not in types.TEXT_MODE_NAMES
     with pytest.raises(ValueError):
         types.TextMode("null-text")
+
+
+def test_host_nodes_pack_init_imports_as_a_plain_module_with_the_host_present(comfy_host):
+    """pytest imports the checkout's ``__init__.py`` as a plain module when the folder name is not a
+    Python name (``ComfyUI-PSG``): with ComfyUI importable it must not attempt its relative imports;
+    loaded as ComfyUI loads it (a package) it must offer the extension's entry point."""
+    import importlib.util
+
+    from psg_testing.host import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("ComfyUI-PSG", REPO_ROOT / "__init__.py",
+                                                  submodule_search_locations=None)  # not a package
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.comfy_entrypoint is None and module.WEB_DIRECTORY == "./web"
+    assert callable(comfy_host.pack_module().comfy_entrypoint)
