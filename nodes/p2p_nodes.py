@@ -9,6 +9,7 @@ from . import validation
 from .pipelines.attention_patches import P2PSettings
 from .pipelines.p2p import NODE, SETTINGS_NODE, MaskUse, image_sized, make_perceptual, run_p2p
 from .psg_types import PSGInversionType, PSGLpipsType, PSGP2PType
+from .tooltips import GUIDANCE_VAE_TOOLTIP
 
 WEIGHT = {"min": -30.0, "max": 30.0, "step": 0.1, "round": 0.01}
 
@@ -68,9 +69,7 @@ class PSGP2PSampler(io.ComfyNode):
                               tooltip="Optional painted mask (1 = free to change), e.g. from the mask editor "
                                       "via PSG Fit Image: widens the region the perceptual guidance leaves "
                                       "free."),
-                io.Vae.Input("guidance_vae", optional=True,
-                             tooltip="Optional: a small VAE (Load VAE -> taesd / taesdxl) used only for the "
-                                     "LPIPS gradient."),
+                io.Vae.Input("guidance_vae", optional=True, tooltip=GUIDANCE_VAE_TOOLTIP),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent",
